@@ -1,0 +1,234 @@
+"""The ``akobridge`` command line: run, validate, render, status.
+
+Bad input exits with status 2 and a message that names the field; a run exits 0 only when
+every activity completed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from bridge import __version__, config, logs
+from bridge.engine import WorkflowState
+from bridge.events import DeliveryLoop
+from bridge.runner import Bridge, SubmissionError
+from bridge.spec import SpecError, Workflow, parse_akoflow
+from bridge.store import ActivityRow, Store, WorkflowRow
+from runtimes.config import ClusterConfigError, Clusters, UnknownCluster
+from runtimes.render import RenderError, job_token, render
+
+out = Console()
+err = Console(stderr=True)
+
+STATE_STYLE = {
+    "COMPLETED": "green", "RUNNING": "cyan", "QUEUED": "blue", "SUBMITTING": "blue",
+    "PENDING": "dim", "SKIPPED": "yellow", "RETRY_WAIT": "magenta",
+}
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+def load_workflow(path: Path, runtime: str | None) -> Workflow:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{path}: cannot read: {exc}")
+    try:
+        parsed = parse_akoflow(text, source=str(path))
+    except SpecError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error:[/red] {path}: {problem}", highlight=False)
+        sys.exit(2)
+    for warning in parsed.warnings:
+        err.print(f"[yellow]warning:[/yellow] {path}: {warning}", highlight=False)
+    wf = parsed.workflow
+    return wf.model_copy(update={"runtime": runtime}) if runtime else wf
+
+
+def load_clusters(clusters_dir: str | None) -> Clusters:
+    try:
+        return Clusters.from_dir(config.clusters_dir(clusters_dir))
+    except ClusterConfigError as exc:
+        fail(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="akobridge")
+@click.option("--state-dir", envvar=config.STATE_ENV, type=click.Path(file_okay=False),
+              help="Where the SQLite store and local job directories live.")
+@click.option("--clusters-dir", envvar=config.CLUSTERS_ENV, type=click.Path(file_okay=False),
+              help="Directory of cluster config files (one YAML per cluster).")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.pass_context
+def main(ctx: click.Context, state_dir: str | None, clusters_dir: str | None,
+         verbose: int) -> None:
+    """Run AkoFlow workflows on Slurm (or as local processes) and report by webhooks."""
+    logs.configure(["WARNING", "INFO", "DEBUG"][min(verbose, 2)])
+    ctx.obj = {"state_dir": config.state_dir(state_dir), "clusters_dir": clusters_dir}
+
+
+def _clusters_option(f: click.decorators.FC) -> click.decorators.FC:
+    return click.option("--clusters-dir", "clusters_dir_local", type=click.Path(file_okay=False),
+                        help="Directory of cluster config files.")(f)
+
+
+def _clusters(ctx: click.Context, local: str | None) -> Clusters:
+    return load_clusters(local or ctx.obj["clusters_dir"])
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--runtime", help="Run on this cluster instead of spec.runtime.")
+@_clusters_option
+@click.pass_context
+def validate(ctx: click.Context, file: Path, runtime: str | None,
+             clusters_dir_local: str | None) -> None:
+    """Check a workflow file; print every problem with its field and line."""
+    wf = load_workflow(file, runtime)
+    clusters = _clusters(ctx, clusters_dir_local)
+    for name in sorted({s.runtime or wf.runtime for s in wf.steps}):
+        if clusters.get(name) is None:
+            err.print(f"[yellow]warning:[/yellow] {file}: spec.runtime: no cluster config "
+                      f"named {name!r} yet (known: {', '.join(clusters.names())}); "
+                      "submitting will fail until one exists", highlight=False)
+    out.print(f"{file}: valid workflow {wf.name!r} with {len(wf.steps)} activities",
+              highlight=False)
+
+
+@main.command(name="render")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--runtime", help="Render for this cluster instead of spec.runtime.")
+@_clusters_option
+@click.pass_context
+def render_cmd(ctx: click.Context, file: Path, runtime: str | None,
+               clusters_dir_local: str | None) -> None:
+    """Print the sbatch script of every activity; submit nothing."""
+    wf = load_workflow(file, runtime)
+    clusters = _clusters(ctx, clusters_dir_local)
+    for i, step in enumerate(wf.steps, start=1):
+        try:
+            cluster = clusters.require(step.runtime or wf.runtime)
+            workdir = cluster.workdir or str(ctx.obj["state_dir"] / "jobs")
+            rendered = render(wf, step, cluster, workflow_id=0, attempt=1,
+                              token=job_token("render", 0, i, 1),
+                              jobdir=f"{workdir}/{wf.name}-0/{step.name}/1")
+        except (UnknownCluster, RenderError) as exc:
+            fail(str(exc))
+        click.echo(f"# ---- {step.name} ----")
+        click.echo(rendered.script, nl=False)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--runtime", help="Run on this cluster instead of spec.runtime.")
+@click.option("--webhook-wait", default=30.0, show_default=True,
+              help="Seconds to wait at the end for webhooks to be delivered.")
+@_clusters_option
+@click.pass_context
+def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float,
+        clusters_dir_local: str | None) -> None:
+    """Submit a workflow and follow it to the end with live progress."""
+    wf = load_workflow(file, runtime)
+    clusters = _clusters(ctx, clusters_dir_local)
+    state = ctx.obj["state_dir"]
+    store = Store(state / config.DB_NAME)
+    bridge = Bridge(store, clusters, state)
+    try:
+        wf_id = bridge.submit(wf)
+    except SubmissionError as exc:
+        fail(str(exc))
+    delivery = DeliveryLoop(store.path)
+    delivery.start()
+    err.print(f"workflow {wf.name!r} is #{wf_id} on [bold]{wf.runtime}[/bold] "
+              f"(state: {store.path})", highlight=False)
+    try:
+        with Live(activity_table(store, wf_id), console=err, refresh_per_second=4,
+                  transient=True) as live:
+            bridge.run([wf_id], on_cycle=lambda: live.update(activity_table(store, wf_id)))
+    except KeyboardInterrupt:
+        err.print("interrupted: jobs keep running; `akobridge status "
+                  f"{wf_id}` shows them and the next run resumes following them")
+        sys.exit(130)
+    finally:
+        bridge.close()
+    deadline = time.monotonic() + webhook_wait
+    while store.pending_deliveries(wf_id) and time.monotonic() < deadline:
+        delivery.wake.set()
+        time.sleep(0.05)
+    delivery.stopping.set()
+    delivery.wake.set()
+    delivery.join(timeout=5)
+    out.print(activity_table(store, wf_id))
+    left = store.pending_deliveries(wf_id)
+    if left:
+        err.print(f"[yellow]warning:[/yellow] {left} webhook deliveries still pending; "
+                  "`akobridge serve` retries them")
+    row = store.workflow(wf_id)
+    assert row is not None
+    out.print(f"workflow #{wf_id} {row.name}: [bold]{row.state.value}[/bold]")
+    sys.exit(0 if row.state is WorkflowState.COMPLETED else 1)
+
+
+@main.command()
+@click.argument("workflow_id", required=False, type=int)
+@click.pass_context
+def status(ctx: click.Context, workflow_id: int | None) -> None:
+    """List recent workflows, or the activities of one."""
+    path = ctx.obj["state_dir"] / config.DB_NAME
+    if not path.exists():
+        fail(f"no state at {path} yet: nothing has run with this --state-dir")
+    store = Store(path)
+    if workflow_id is None:
+        out.print(workflow_table(store.workflows()))
+        return
+    if store.workflow(workflow_id) is None:
+        fail(f"no workflow with id {workflow_id}")
+    out.print(activity_table(store, workflow_id))
+
+
+def _duration(a: ActivityRow) -> str:
+    if not a.started_at:
+        return ""
+    end = a.finished_at or datetime.now(a.started_at.tzinfo)
+    return f"{(end - a.started_at).total_seconds():.1f}s"
+
+
+def _styled(state: str) -> str:
+    style = STATE_STYLE.get(state, "red")
+    return f"[{style}]{state}[/{style}]"
+
+
+def activity_table(store: Store, wf_id: int) -> Table:
+    wf = store.workflow(wf_id)
+    title = f"#{wf_id} {wf.name} — {wf.state.value}" if wf else f"#{wf_id}"
+    table = Table(title=title, title_justify="left")
+    for col in ("activity", "state", "exit", "duration", "job", "try", "reason"):
+        table.add_column(col)
+    for a in store.activities(wf_id):
+        table.add_row(a.name, _styled(a.state.value),
+                      "" if a.exit_code is None else str(a.exit_code), _duration(a),
+                      a.job_id or "", str(a.attempt), a.reason or "")
+    return table
+
+
+def workflow_table(rows: list[WorkflowRow]) -> Table:
+    table = Table()
+    for col in ("id", "name", "runtime", "state", "created", "finished"):
+        table.add_column(col)
+    for w in rows:
+        table.add_row(str(w.id), w.name, w.runtime, _styled(w.state.value),
+                      w.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      w.finished_at.strftime("%H:%M:%S") if w.finished_at else "")
+    return table

@@ -1,0 +1,317 @@
+"""The bridge's cycle: poll the runtimes, fold observations into the store through the engine,
+plan, and submit — each state change one committed transaction.
+
+Crash safety: an attempt is committed as SUBMITTING (with its unique token as the Slurm job
+name) before sbatch runs, and its job id is committed right after. On start-up every
+SUBMITTING attempt is looked up by token: found → adopted; absent → submitted. No job is lost
+or doubled, whatever instant the bridge was killed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from bridge import engine
+from bridge.engine import ActivityState, ActivityView, WorkflowState
+from bridge.events import ACTIVITY_COMPLETED, WORKFLOW_DONE, activity_payload, workflow_payload
+from bridge.spec.model import Workflow
+from bridge.store import ActivityRow, AttemptRow, Store, WorkflowRow, iso, now_utc
+from runtimes import JobRequest, JobState, JobStatus, Runtime, TrackedJob, open_runtime
+from runtimes.config import ClusterConfig, Clusters, UnknownCluster
+from runtimes.render import RenderError, job_token, render
+
+log = structlog.get_logger("akobridge.runner")
+
+
+class SubmissionError(ValueError):
+    """A workflow cannot be accepted for running (unknown cluster, unrenderable step)."""
+
+
+@dataclass
+class _Bucket:
+    """Submissions per minute for one cluster (a token bucket)."""
+
+    rate_per_min: int
+    tokens: float
+    at: float
+
+    def take(self, want: int, now: float) -> int:
+        self.tokens = min(self.rate_per_min, self.tokens + (now - self.at) * self.rate_per_min / 60)
+        self.at = now
+        got = min(want, int(self.tokens))
+        self.tokens -= got
+        return got
+
+
+class Bridge:
+    """Drives every RUNNING workflow in a store to its end."""
+
+    def __init__(
+        self, store: Store, clusters: Clusters, state_dir: Path,
+        clock: Callable[[], datetime] = now_utc,
+        runtime_factory: Callable[[ClusterConfig], Runtime] = open_runtime,
+    ) -> None:
+        self.store = store
+        self.clusters = clusters
+        self.state_dir = state_dir
+        self.clock = clock
+        self.runtimes: dict[str, Runtime] = {}
+        self._runtime_factory = runtime_factory
+        self._buckets: dict[str, _Bucket] = {}
+        self._reconciled = False
+
+    # -- intake -----------------------------------------------------------------------------
+    def cluster(self, name: str) -> ClusterConfig:
+        try:
+            return self.clusters.require(name)
+        except UnknownCluster as exc:
+            raise SubmissionError(str(exc)) from None
+
+    def submit(self, wf: Workflow) -> int:
+        """Check that every step can run where it asks to, then store the workflow."""
+        for step in wf.steps:
+            cfg = self.cluster(step.runtime or wf.runtime)
+            try:
+                render(wf, step, cfg, workflow_id=0, token="check", jobdir="/check", attempt=1)
+            except RenderError as exc:
+                raise SubmissionError(str(exc)) from None
+        wf_id = self.store.add_workflow(wf)
+        log.info("workflow accepted", workflow=wf_id, name=wf.name, activities=len(wf.steps))
+        return wf_id
+
+    # -- the cycle --------------------------------------------------------------------------
+    def runtime(self, name: str) -> Runtime:
+        if name not in self.runtimes:
+            self.runtimes[name] = self._runtime_factory(self.cluster(name))
+        return self.runtimes[name]
+
+    def close(self) -> None:
+        for rt in self.runtimes.values():
+            rt.close()
+
+    def cycle(self) -> bool:
+        """One round: reconcile (first time), poll, plan, submit. True if anything changed."""
+        if not self._reconciled:
+            self._reconcile()
+            self._reconciled = True
+        changed = self._poll()
+        changed |= self._advance()
+        changed |= self._submit_pending()
+        return changed
+
+    def run(self, wf_ids: Iterable[int] | None = None, *, idle_s: float = 0.25,
+            on_cycle: Callable[[], None] | None = None,
+            timeout_s: float | None = None) -> None:
+        """Cycle until the given workflows (default: all active ones) have finished."""
+        wanted = set(wf_ids) if wf_ids is not None else None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            changed = self.cycle()
+            if on_cycle:
+                on_cycle()
+            active = {w.id for w in self.store.workflows(active_only=True, limit=1_000_000)}
+            if not (active & wanted if wanted is not None else active):
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("workflows still running after the timeout")
+            time.sleep(0.01 if changed else idle_s)
+
+    # -- reconcile --------------------------------------------------------------------------
+    def _reconcile(self) -> None:
+        """Adopt jobs whose submission was not confirmed before a crash."""
+        unconfirmed = [a for a in self.store.live_attempts() if a.job_id is None]
+        by_cluster: dict[str, list[AttemptRow]] = defaultdict(list)
+        for a in unconfirmed:
+            by_cluster[a.cluster].append(a)
+        for cluster, attempts in by_cluster.items():
+            found = self.runtime(cluster).find(
+                [TrackedJob(a.token, a.jobdir) for a in attempts]
+            )
+            for a in attempts:
+                if a.token in found:
+                    log.info("adopted job after restart", token=a.token, job=found[a.token])
+                    self._record_submitted(a, found[a.token])
+
+    # -- poll -------------------------------------------------------------------------------
+    def _poll(self) -> bool:
+        live = [a for a in self.store.live_attempts() if a.job_id]
+        by_cluster: dict[str, list[AttemptRow]] = defaultdict(list)
+        for a in live:
+            by_cluster[a.cluster].append(a)
+        changed = False
+        for cluster, attempts in by_cluster.items():
+            statuses = self.runtime(cluster).poll(
+                [TrackedJob(a.token, a.jobdir, a.job_id) for a in attempts]
+            )
+            for a in attempts:
+                status = statuses.get(str(a.job_id))
+                if status is not None and (status.state.value != a.state.value
+                                           or status.state.terminal):
+                    self._observe(a, status)
+                    changed = True
+        return changed
+
+    def _observe(self, attempt: AttemptRow, status: JobStatus) -> None:
+        now = self.clock()
+        act = self.store.activity(attempt.activity_id)
+        view = _view(act)
+        tr = engine.observe(view, status, now)
+        started = status.started_at or (now if status.state.value != "QUEUED" else None)
+        final = status.state.terminal
+        finished = (status.finished_at or now) if final else None
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET state=?, exit_code=?, reason=?,"
+                " started_at=coalesce(started_at, ?), finished_at=? WHERE id=?",
+                (status.state.value, status.exit_code, status.reason, iso(started),
+                 iso(finished), attempt.id),
+            )
+            db.execute(
+                "UPDATE activities SET state=?, exit_code=?, reason=?, retry_at=?,"
+                " started_at=CASE WHEN ? IS NULL THEN started_at ELSE ? END, finished_at=?"
+                " WHERE id=?",
+                (tr.state.value, status.exit_code, status.reason, iso(tr.retry_at),
+                 iso(started), iso(started), iso(finished if tr.state.terminal else None),
+                 act.id),
+            )
+            if tr.state.terminal:
+                self._emit_activity(db, act.workflow_id, act.id, attempt.cluster)
+        log.info("job state", token=attempt.token, job=attempt.job_id, state=status.state.value,
+                 exit_code=status.exit_code, activity=tr.state.value)
+
+    # -- plan -------------------------------------------------------------------------------
+    def _advance(self) -> bool:
+        changed = False
+        now = self.clock()
+        for wf in self.store.workflows(active_only=True, limit=1_000_000):
+            acts = self.store.activities(wf.id)
+            by_name = {a.name: a for a in acts}
+            for action in engine.plan([_view(a) for a in acts], now):
+                if isinstance(action, engine.Submit):
+                    changed |= self._new_attempt(wf, by_name[action.name])
+                    continue
+                if isinstance(action, engine.Skip):
+                    self._skip(wf, by_name[action.name], action.reason)
+                else:
+                    self._finish(wf, action.state)
+                changed = True
+        return changed
+
+    def _skip(self, wf: WorkflowRow, act: ActivityRow, reason: str) -> None:
+        now = iso(self.clock())
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE activities SET state='SKIPPED', reason=?, finished_at=? WHERE id=?",
+                (reason, now, act.id),
+            )
+            self._emit_activity(db, wf.id, act.id, act.spec.runtime or wf.runtime)
+
+    def _finish(self, wf: WorkflowRow, state: WorkflowState) -> None:
+        now = self.clock()
+        with self.store.transaction() as db:
+            db.execute("UPDATE workflows SET state=?, finished_at=? WHERE id=?",
+                       (state.value, iso(now), wf.id))
+            payload = workflow_payload(wf, state, self.store.activities(wf.id), now)
+            Store.add_event(db, wf.id, WORKFLOW_DONE, payload, _urls(wf), now)
+        log.info("workflow done", workflow=wf.id, state=state.value)
+
+    def _emit_activity(self, db: sqlite3.Connection, wf_id: int, act_id: int,
+                       cluster: str) -> None:
+        """Write ACTIVITY_COMPLETED to the outbox inside the caller's transaction."""
+        wf = self.store.workflow(wf_id)
+        assert wf is not None
+        acts = self.store.activities(wf_id)
+        ids = {a.name: a.id for a in acts}
+        act = next(a for a in acts if a.id == act_id)
+        payload = activity_payload(wf, act, ids, cluster)
+        Store.add_event(db, wf_id, ACTIVITY_COMPLETED, payload, _urls(wf), self.clock())
+
+    # -- submit -----------------------------------------------------------------------------
+    def _capacity(self, cluster: ClusterConfig, want: int) -> int:
+        live = self.store.live_count(cluster.name)
+        room = max(0, cluster.slurm.max_jobs_in_queue - live)
+        bucket = self._buckets.setdefault(cluster.name, _Bucket(
+            cluster.slurm.max_submit_per_minute, cluster.slurm.max_submit_per_minute,
+            time.monotonic()))
+        return bucket.take(min(want, room), time.monotonic())
+
+    def _new_attempt(self, wf: WorkflowRow, act: ActivityRow) -> bool:
+        """Commit a SUBMITTING attempt (token, job dir) before anything reaches Slurm."""
+        cluster = self.cluster(act.spec.runtime or wf.runtime)
+        if self._capacity(cluster, 1) < 1:
+            return False
+        number = act.attempt + 1
+        token = job_token(self.store.instance, wf.id, act.id, number)
+        workdir = cluster.workdir or str(self.state_dir / "jobs")
+        jobdir = f"{workdir}/{wf.name}-{wf.id}/{act.name}/{number}"
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT INTO attempts(activity_id, number, token, cluster, jobdir, state)"
+                " VALUES (?,?,?,?,?, 'SUBMITTING')",
+                (act.id, number, token, cluster.name, jobdir),
+            )
+            db.execute(
+                "UPDATE activities SET state='SUBMITTING', attempt=?, retry_at=NULL,"
+                " exit_code=NULL, reason=NULL, job_id=NULL WHERE id=?", (number, act.id),
+            )
+        return True
+
+    def _submit_pending(self) -> bool:
+        pending = [a for a in self.store.live_attempts() if a.job_id is None]
+        by_cluster: dict[str, list[AttemptRow]] = defaultdict(list)
+        for a in pending:
+            by_cluster[a.cluster].append(a)
+        for cluster_name, attempts in by_cluster.items():
+            cluster = self.cluster(cluster_name)
+            requests: list[JobRequest] = []
+            for a in attempts:
+                act = self.store.activity(a.activity_id)
+                wf = self.store.workflow(act.workflow_id)
+                assert wf is not None
+                try:
+                    rendered = render(wf.spec, act.spec, cluster, workflow_id=wf.id,
+                                      token=a.token, jobdir=a.jobdir, attempt=a.number)
+                except RenderError as exc:
+                    self._observe(a, JobStatus(JobState.FAILED, None, str(exc)))
+                    continue
+                requests.append(JobRequest(a.token, a.jobdir, rendered.script, rendered.files))
+            by_token = {a.token: a for a in attempts}
+            for result in self.runtime(cluster_name).submit(requests):
+                attempt = by_token[result.token]
+                if result.job_id is None:
+                    log.warning("submission failed", token=result.token, error=result.error)
+                    self._observe(attempt, JobStatus(
+                        JobState.FAILED, None, f"submission failed: {result.error}"))
+                else:
+                    self._record_submitted(attempt, result.job_id)
+        return bool(pending)
+
+    def _record_submitted(self, attempt: AttemptRow, job_id: str) -> None:
+        now = iso(self.clock())
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET job_id=?, state='QUEUED', submitted_at=? WHERE id=?",
+                (job_id, now, attempt.id),
+            )
+            db.execute("UPDATE activities SET job_id=?, state='QUEUED' WHERE id=?",
+                       (job_id, attempt.activity_id))
+
+
+def _view(act: ActivityRow) -> ActivityView:
+    return ActivityView(act.name, act.state, act.spec.parents, act.attempt, act.spec.retry,
+                        act.retry_at)
+
+
+def _urls(wf: WorkflowRow) -> list[str]:
+    return [h.url for h in wf.spec.webhooks]
+
+
+__all__ = ["Bridge", "SubmissionError"]

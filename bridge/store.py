@@ -1,0 +1,305 @@
+"""The one truth: SQLite in WAL mode under the state directory.
+
+Every state change is one committed transaction; the outbox rows an event needs are written
+in the same transaction as the change that caused it. The schema is versioned
+(``PRAGMA user_version``) and upgrades itself on open.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bridge.engine import ActivityState, WorkflowState
+from bridge.spec.model import Step, Workflow
+
+MIGRATIONS: list[str] = [
+    # 1: workflows, activities, attempts, events and their deliveries (the outbox)
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE workflows (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL, namespace TEXT NOT NULL, runtime TEXT NOT NULL,
+        source_format TEXT NOT NULL, raw TEXT NOT NULL, spec TEXT NOT NULL,
+        state TEXT NOT NULL, reason TEXT,
+        created_at TEXT NOT NULL, finished_at TEXT
+    );
+    CREATE INDEX workflows_state ON workflows(state);
+    CREATE TABLE activities (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_id INTEGER NOT NULL REFERENCES workflows(id),
+        position INTEGER NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+        state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, retry_at TEXT,
+        exit_code INTEGER, reason TEXT, job_id TEXT,
+        created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,
+        UNIQUE (workflow_id, name)
+    );
+    CREATE INDEX activities_state ON activities(state);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        activity_id INTEGER NOT NULL REFERENCES activities(id),
+        number INTEGER NOT NULL, token TEXT NOT NULL UNIQUE, cluster TEXT NOT NULL,
+        jobdir TEXT NOT NULL, job_id TEXT, state TEXT NOT NULL,
+        exit_code INTEGER, reason TEXT,
+        submitted_at TEXT, started_at TEXT, finished_at TEXT,
+        UNIQUE (activity_id, number)
+    );
+    CREATE INDEX attempts_state ON attempts(state);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_id INTEGER NOT NULL REFERENCES workflows(id),
+        type TEXT NOT NULL, payload TEXT NOT NULL, created_at TEXT NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id INTEGER NOT NULL REFERENCES events(id),
+        workflow_id INTEGER NOT NULL, url TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending', tries INTEGER NOT NULL DEFAULT 0,
+        next_try_at TEXT NOT NULL, last_error TEXT, delivered_at TEXT
+    );
+    CREATE INDEX deliveries_pending ON deliveries(state, workflow_id, url, id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime | None) -> str | None:
+    """Timestamps are stored as ISO 8601 UTC with microseconds."""
+    return ts.astimezone(UTC).isoformat(timespec="microseconds") if ts else None
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+@dataclass(frozen=True)
+class WorkflowRow:
+    id: int
+    name: str
+    namespace: str
+    runtime: str
+    source_format: str
+    raw: str
+    spec: Workflow
+    state: WorkflowState
+    reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ActivityRow:
+    id: int
+    workflow_id: int
+    position: int
+    name: str
+    spec: Step
+    state: ActivityState
+    attempt: int
+    retry_at: datetime | None
+    exit_code: int | None
+    reason: str | None
+    job_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    id: int
+    activity_id: int
+    workflow_id: int
+    number: int
+    token: str
+    cluster: str
+    jobdir: str
+    job_id: str | None
+    state: ActivityState
+    exit_code: int | None
+    reason: str | None
+    submitted_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Store:
+    """SQLite-backed state; one instance per thread (connections are not shared)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self.instance = self._instance_id()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: schema version {version} is newer than this akobridge "
+                    f"({SCHEMA_VERSION}); upgrade akobridge"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={number + 1}")
+
+    def _instance_id(self) -> str:
+        """A short random id of this state directory, part of every job name."""
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='instance'").fetchone()
+            if row:
+                return str(row[0])
+            value = secrets.token_hex(3)
+            db.execute("INSERT INTO meta(key, value) VALUES ('instance', ?)", (value,))
+            return value
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- intake -----------------------------------------------------------------------------
+    def add_workflow(self, wf: Workflow) -> int:
+        """Store a validated workflow and its activities (PENDING) in one transaction."""
+        now = iso(now_utc())
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO workflows(name, namespace, runtime, source_format, raw, spec, state,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (wf.name, wf.namespace, wf.runtime, wf.source_format, wf.raw,
+                 wf.model_dump_json(), WorkflowState.RUNNING.value, now),
+            )
+            wf_id = int(cur.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO activities(workflow_id, position, name, spec, state, created_at)"
+                " VALUES (?,?,?,?,?,?)",
+                [(wf_id, i, s.name, s.model_dump_json(), ActivityState.PENDING.value, now)
+                 for i, s in enumerate(wf.steps)],
+            )
+        return wf_id
+
+    # -- reads ------------------------------------------------------------------------------
+    def workflow(self, wf_id: int) -> WorkflowRow | None:
+        row = self.db.execute("SELECT * FROM workflows WHERE id=?", (wf_id,)).fetchone()
+        return _workflow(row) if row else None
+
+    def workflows(self, *, active_only: bool = False, limit: int = 50) -> list[WorkflowRow]:
+        where = "WHERE state='RUNNING'" if active_only else ""
+        rows = self.db.execute(
+            f"SELECT * FROM workflows {where} ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [_workflow(r) for r in rows]
+
+    def activities(self, wf_id: int) -> list[ActivityRow]:
+        rows = self.db.execute(
+            "SELECT * FROM activities WHERE workflow_id=? ORDER BY position", (wf_id,)
+        ).fetchall()
+        return [_activity(r) for r in rows]
+
+    def activity(self, activity_id: int) -> ActivityRow:
+        row = self.db.execute("SELECT * FROM activities WHERE id=?", (activity_id,)).fetchone()
+        return _activity(row)
+
+    def live_attempts(self) -> list[AttemptRow]:
+        """Attempts whose job exists or may exist (SUBMITTING, QUEUED, RUNNING)."""
+        rows = self.db.execute(
+            "SELECT t.*, a.workflow_id FROM attempts t JOIN activities a ON a.id=t.activity_id"
+            f" WHERE t.state IN {LIVE_STATES} ORDER BY t.id"
+        ).fetchall()
+        return [_attempt(r) for r in rows]
+
+    def live_count(self, cluster: str) -> int:
+        return int(self.db.execute(
+            f"SELECT count(*) FROM attempts WHERE cluster=? AND state IN {LIVE_STATES}",
+            (cluster,),
+        ).fetchone()[0])
+
+    def attempts(self, activity_id: int) -> list[AttemptRow]:
+        rows = self.db.execute(
+            "SELECT t.*, a.workflow_id FROM attempts t JOIN activities a ON a.id=t.activity_id"
+            " WHERE t.activity_id=? ORDER BY t.number", (activity_id,)
+        ).fetchall()
+        return [_attempt(r) for r in rows]
+
+    # -- outbox -----------------------------------------------------------------------------
+    @staticmethod
+    def add_event(
+        db: sqlite3.Connection, wf_id: int, type_: str, payload: dict[str, Any],
+        urls: list[str], at: datetime,
+    ) -> None:
+        """Record an event and one pending delivery per URL (inside the caller's transaction)."""
+        cur = db.execute(
+            "INSERT INTO events(workflow_id, type, payload, created_at) VALUES (?,?,?,?)",
+            (wf_id, type_, json.dumps(payload), iso(at)),
+        )
+        db.executemany(
+            "INSERT INTO deliveries(event_id, workflow_id, url, next_try_at) VALUES (?,?,?,?)",
+            [(cur.lastrowid, wf_id, url, iso(at)) for url in urls],
+        )
+
+    def pending_deliveries(self, wf_id: int | None = None) -> int:
+        sql = "SELECT count(*) FROM deliveries WHERE state='pending'"
+        args: tuple[int, ...] = ()
+        if wf_id is not None:
+            sql += " AND workflow_id=?"
+            args = (wf_id,)
+        return int(self.db.execute(sql, args).fetchone()[0])
+
+
+def _workflow(r: sqlite3.Row) -> WorkflowRow:
+    return WorkflowRow(
+        id=r["id"], name=r["name"], namespace=r["namespace"], runtime=r["runtime"],
+        source_format=r["source_format"], raw=r["raw"],
+        spec=Workflow.model_validate_json(r["spec"]), state=WorkflowState(r["state"]),
+        reason=r["reason"], created_at=datetime.fromisoformat(r["created_at"]),
+        finished_at=parse_iso(r["finished_at"]),
+    )
+
+
+def _activity(r: sqlite3.Row) -> ActivityRow:
+    return ActivityRow(
+        id=r["id"], workflow_id=r["workflow_id"], position=r["position"], name=r["name"],
+        spec=Step.model_validate_json(r["spec"]), state=ActivityState(r["state"]),
+        attempt=r["attempt"], retry_at=parse_iso(r["retry_at"]), exit_code=r["exit_code"],
+        reason=r["reason"], job_id=r["job_id"], created_at=datetime.fromisoformat(r["created_at"]),
+        started_at=parse_iso(r["started_at"]), finished_at=parse_iso(r["finished_at"]),
+    )
+
+
+def _attempt(r: sqlite3.Row) -> AttemptRow:
+    return AttemptRow(
+        id=r["id"], activity_id=r["activity_id"], workflow_id=r["workflow_id"],
+        number=r["number"], token=r["token"], cluster=r["cluster"], jobdir=r["jobdir"],
+        job_id=r["job_id"], state=ActivityState(r["state"]), exit_code=r["exit_code"],
+        reason=r["reason"], submitted_at=parse_iso(r["submitted_at"]),
+        started_at=parse_iso(r["started_at"]), finished_at=parse_iso(r["finished_at"]),
+    )

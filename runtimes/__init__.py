@@ -1,0 +1,28 @@
+"""How jobs reach a cluster: one :class:`Runtime` interface, a Slurm and a process runtime."""
+
+from __future__ import annotations
+
+from runtimes.base import JobRequest, JobState, JobStatus, Runtime, Submitted, TrackedJob
+from runtimes.config import ClusterConfig, Clusters
+
+
+def open_runtime(cluster: ClusterConfig) -> Runtime:
+    """The runtime a cluster config asks for, with its transport connected."""
+    if cluster.kind == "process":
+        from runtimes.process import ProcessRuntime
+
+        return ProcessRuntime(cluster)
+    if cluster.transport == "ssh":
+        raise NotImplementedError(
+            f"cluster {cluster.name}: the ssh transport is not available yet; use transport: local"
+        )
+    from runtimes.slurm import SlurmRuntime
+    from runtimes.transport import LocalTransport
+
+    return SlurmRuntime(cluster, LocalTransport(cluster.env))
+
+
+__all__ = [
+    "ClusterConfig", "Clusters", "JobRequest", "JobState", "JobStatus", "Runtime", "Submitted",
+    "TrackedJob", "open_runtime",
+]

@@ -1,0 +1,106 @@
+"""The one interface every runtime implements, and the job records that cross it.
+
+A runtime turns rendered job scripts into jobs on a cluster (or local processes), reports
+their states in bulk, cancels them and reads their logs. It never touches the store.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    """A job's state as the bridge understands it (Slurm's many states folded into these)."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    CANCELLED = "CANCELLED"
+    NODE_FAIL = "NODE_FAIL"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One attempt to submit: a unique token (the Slurm job name), its job directory on the
+    cluster, the sbatch script, and extra files (name → bytes) to place in that directory."""
+
+    token: str
+    jobdir: str
+    script: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The answer to one :class:`JobRequest`: a job id, or the error that stopped it."""
+
+    token: str
+    job_id: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackedJob:
+    """A job the bridge follows (``job_id`` is ``None`` while its submission is unconfirmed)."""
+
+    token: str
+    jobdir: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a runtime observed about one job."""
+
+    state: JobState
+    exit_code: int | None = None
+    reason: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RuntimeFailure(Exception):
+    """A runtime could not do what was asked (the message says what to check)."""
+
+
+class Runtime(ABC):
+    """Submit, follow and cancel jobs on one cluster. All calls take many jobs at once."""
+
+    name: str
+    calls: Counter[str]
+    """How many times each external command (sbatch, squeue, sacct, ...) was run."""
+
+    @abstractmethod
+    def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
+        """Write each job directory and submit; one :class:`Submitted` per request, in order."""
+
+    @abstractmethod
+    def poll(self, jobs: Sequence[TrackedJob]) -> dict[str, JobStatus]:
+        """States of the given jobs by job id; a job absent from the reply is not known yet."""
+
+    @abstractmethod
+    def find(self, jobs: Sequence[TrackedJob]) -> dict[str, str]:
+        """Job ids of jobs whose submission was unconfirmed, by token (crash reconciliation)."""
+
+    @abstractmethod
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Ask for these jobs to be cancelled."""
+
+    @abstractmethod
+    def read_log(self, job: TrackedJob, stream: str = "out") -> bytes:
+        """The job's stdout (``out``) or stderr (``err``) as far as it has been written."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and processes the runtime holds."""

@@ -1,0 +1,176 @@
+"""Cluster configuration: one YAML file per cluster in a clusters directory.
+
+``spec.runtime`` (or ``--runtime``) names a cluster by its ``name`` or one of its ``aliases``.
+A built-in ``local`` cluster (the process runtime) is always there as the embedded default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@%/+=-]+)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SlurmSettings(_Strict):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    default_time: str = "01:00:00"
+    """Used when a step sets no time limit (Slurm's ``--time`` syntax)."""
+    extra_options: tuple[str, ...] = ()
+    """More ``#SBATCH`` options, each ``--name`` or ``--name=value``."""
+    poll_interval: float = Field(default=5.0, gt=0)
+    """Seconds between two squeue calls (the controller RPC rate limit)."""
+    marker_interval: float = Field(default=0.5, gt=0)
+    """Seconds between two reads of the jobs' exit-code files (no controller RPC)."""
+    accounting: Literal["auto", "sacct", "none"] = "auto"
+    max_submit_per_minute: int = Field(default=600, ge=1)
+    max_jobs_in_queue: int = Field(default=1000, ge=1)
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return v
+
+    @field_validator("default_time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        if not _TIME.match(v):
+            raise ValueError("not a Slurm time: use minutes, HH:MM:SS or D-HH:MM:SS")
+        return v
+
+    @field_validator("extra_options")
+    @classmethod
+    def _options(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for opt in v:
+            if not _OPTION.match(opt):
+                raise ValueError(f"not a safe sbatch option: {opt!r} (use --name or --name=value)")
+        return v
+
+
+class ContainerSettings(_Strict):
+    engine: Literal["singularity", "apptainer", "none"] = "singularity"
+    exec_flags: tuple[str, ...] = ()
+    """Extra flags for ``<engine> exec`` (e.g. ``--nv``, ``--cleanenv``)."""
+
+    @field_validator("exec_flags")
+    @classmethod
+    def _flags(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for flag in v:
+            if not _OPTION.match(flag) and not re.match(r"^-[A-Za-z]$", flag):
+                raise ValueError(f"not a safe exec flag: {flag!r}")
+        return v
+
+
+class ClusterConfig(_Strict):
+    """One cluster: how to reach it, how to submit there, how to run containers there."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    kind: Literal["slurm", "process"] = "slurm"
+    """``slurm`` submits with sbatch; ``process`` runs each job script as a local process."""
+    transport: Literal["local", "ssh"] = "local"
+    workdir: str | None = None
+    """Root of the job directories; defaults to ``<state dir>/jobs`` for the local transport."""
+    prologue: str = ""
+    """Shell lines run before the container (e.g. ``module load singularity``)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment for the Slurm commands (e.g. ``SLURM_CONF``)."""
+    slurm: SlurmSettings = SlurmSettings()
+    container: ContainerSettings = ContainerSettings()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or not re.match(r"^[A-Za-z0-9._/+@%=,~-]+$", v)):
+            raise ValueError("must be an absolute path of letters, digits and ._/+@%=,~-")
+        return v
+
+
+LOCAL = ClusterConfig(
+    name="local", kind="process", container=ContainerSettings(engine="none"),
+    slurm=SlurmSettings(poll_interval=0.2, marker_interval=0.1),
+)
+"""The embedded default: run each job script as a local process, no container."""
+
+
+class ClusterConfigError(ValueError):
+    """A cluster config file is wrong; the message names the file, field and problem."""
+
+
+def load_cluster(path: Path) -> ClusterConfig:
+    """Read and validate one cluster config file."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ClusterConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClusterConfigError(f"{path}: must be a mapping with at least 'name'")
+    data.setdefault("name", path.stem)
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ClusterConfigError("\n".join(lines)) from None
+
+
+class UnknownCluster(ValueError):
+    """No cluster config has this name or alias."""
+
+
+class Clusters:
+    """The clusters a bridge knows, by name and alias."""
+
+    def __init__(self, configs: list[ClusterConfig]) -> None:
+        self._by_name: dict[str, ClusterConfig] = {"local": LOCAL}
+        for cfg in configs:
+            for key in (cfg.name, *cfg.aliases):
+                self._by_name[key] = cfg
+
+    @classmethod
+    def from_dir(cls, directory: Path | None) -> Clusters:
+        """Every ``*.yaml``/``*.yml`` file in ``directory`` (which may be absent)."""
+        if directory is None or not directory.is_dir():
+            return cls([])
+        files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+        return cls([load_cluster(f) for f in files])
+
+    def get(self, name: str) -> ClusterConfig | None:
+        return self._by_name.get(name)
+
+    def require(self, name: str) -> ClusterConfig:
+        """The cluster called ``name``, or :class:`UnknownCluster` saying how to add it."""
+        cfg = self._by_name.get(name)
+        if cfg is None:
+            raise UnknownCluster(
+                f"spec.runtime: no cluster config named {name!r} (known: "
+                f"{', '.join(self.names())}); add {name}.yaml to the clusters directory "
+                "or pass --runtime"
+            )
+        return cfg
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)

@@ -1,0 +1,173 @@
+"""Build Slurm command lines and parse their output (no I/O here: unit-tested on recordings)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from runtimes.base import JobState
+
+SEP = "|"
+SQUEUE_FORMAT = "%i|%j|%T|%r|%S"
+SACCT_FIELDS = "JobIDRaw,JobName,State,ExitCode,Start,End,Reason"
+
+_STATE_MAP: dict[str, JobState] = {
+    "PENDING": JobState.QUEUED, "CONFIGURING": JobState.QUEUED, "REQUEUED": JobState.QUEUED,
+    "REQUEUE_FED": JobState.QUEUED, "REQUEUE_HOLD": JobState.QUEUED,
+    "RESV_DEL_HOLD": JobState.QUEUED, "SUSPENDED": JobState.RUNNING, "STOPPED": JobState.RUNNING,
+    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING, "STAGE_OUT": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING, "RESIZING": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED, "BOOT_FAIL": JobState.FAILED, "DEADLINE": JobState.FAILED,
+    "SPECIAL_EXIT": JobState.FAILED, "REVOKED": JobState.FAILED,
+    "TIMEOUT": JobState.TIMEOUT,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "CANCELLED": JobState.CANCELLED, "PREEMPTED": JobState.CANCELLED,
+    "NODE_FAIL": JobState.NODE_FAIL,
+}
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One line of squeue."""
+
+    job_id: str
+    name: str
+    state: JobState
+    slurm_state: str
+    reason: str | None
+    start: datetime | None
+
+
+@dataclass(frozen=True)
+class AcctRow:
+    """One line of sacct (allocation only, ``-X``)."""
+
+    job_id: str
+    name: str
+    state: JobState
+    slurm_state: str
+    exit_code: int | None
+    signal: int | None
+    start: datetime | None
+    end: datetime | None
+    reason: str | None
+
+
+def squeue_argv() -> list[str]:
+    """All of this user's jobs, finished ones included (one controller RPC)."""
+    return ["squeue", "--me", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}"]
+
+
+def sacct_argv(job_ids: Sequence[str]) -> list[str]:
+    """Final states of the given jobs (one call for all of them)."""
+    return ["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", SACCT_FIELDS]
+
+
+def sacct_by_name_argv(names: Sequence[str]) -> list[str]:
+    """Jobs with any of these names, for crash reconciliation (the last two days)."""
+    return ["sacct", "-X", "-n", "-P", "-S", "now-2days", "--name", ",".join(names),
+            "-o", SACCT_FIELDS]
+
+
+def sbatch_argv(script_path: str) -> list[str]:
+    return ["sbatch", "--parsable", script_path]
+
+
+def scancel_argv(job_ids: Sequence[str]) -> list[str]:
+    return ["scancel", *job_ids]
+
+
+def scontrol_argv() -> list[str]:
+    """Every job the controller still holds, one per line (one RPC)."""
+    return ["scontrol", "--oneliner", "show", "job"]
+
+
+def slurm_state(text: str) -> tuple[JobState | None, str]:
+    """Map a Slurm state word (``CANCELLED by 0``, ``PENDING``) to a :class:`JobState`."""
+    word = text.strip().split(" ")[0].rstrip("+")
+    return _STATE_MAP.get(word), word
+
+
+def parse_time(text: str) -> datetime | None:
+    """Slurm timestamps (``2026-11-23T18:01:02``, local time) as aware UTC datetimes."""
+    text = text.strip()
+    if not text or text in ("N/A", "Unknown", "None"):
+        return None
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def parse_sbatch(stdout: str) -> str:
+    """The job id from ``sbatch --parsable`` (``123`` or ``123;cluster``)."""
+    first = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job_id = first.split(";")[0].strip()
+    if not job_id.isdigit():
+        raise ValueError(f"sbatch printed no job id: {stdout.strip()!r}")
+    return job_id
+
+
+def _reason(text: str) -> str | None:
+    text = text.strip()
+    return None if text in ("", "None", "(null)") else text
+
+
+def parse_squeue(stdout: str) -> dict[str, QueueRow]:
+    """squeue lines by job id; lines that are not ours to parse are skipped."""
+    rows: dict[str, QueueRow] = {}
+    for line in stdout.splitlines():
+        parts = line.split(SEP)
+        if len(parts) != 5:
+            continue
+        state, word = slurm_state(parts[2])
+        if state is None:
+            continue
+        rows[parts[0].strip()] = QueueRow(
+            parts[0].strip(), parts[1], state, word, _reason(parts[3]), parse_time(parts[4]),
+        )
+    return rows
+
+
+def parse_sacct(stdout: str) -> dict[str, AcctRow]:
+    """sacct ``-P`` lines by job id (the last line wins when a job id repeats)."""
+    rows: dict[str, AcctRow] = {}
+    for line in stdout.splitlines():
+        parts = line.split(SEP)
+        if len(parts) != 7:
+            continue
+        state, word = slurm_state(parts[2])
+        if state is None:
+            continue
+        code, _, sig = parts[3].partition(":")
+        rows[parts[0].strip()] = AcctRow(
+            job_id=parts[0].strip(), name=parts[1], state=state, slurm_state=word,
+            exit_code=int(code) if code.isdigit() else None,
+            signal=int(sig) if sig.isdigit() else None,
+            start=parse_time(parts[4]), end=parse_time(parts[5]), reason=_reason(parts[6]),
+        )
+    return rows
+
+
+def parse_scontrol(stdout: str) -> dict[str, AcctRow]:
+    """``scontrol --oneliner show job`` records by job id, as :class:`AcctRow`."""
+    rows: dict[str, AcctRow] = {}
+    for line in stdout.splitlines():
+        fields = dict(
+            tok.split("=", 1) for tok in line.split() if "=" in tok
+        )
+        job_id = fields.get("JobId")
+        state, word = slurm_state(fields.get("JobState", ""))
+        if not job_id or state is None:
+            continue
+        code, _, sig = fields.get("ExitCode", "").partition(":")
+        rows[job_id] = AcctRow(
+            job_id=job_id, name=fields.get("JobName", ""), state=state, slurm_state=word,
+            exit_code=int(code) if code.isdigit() else None,
+            signal=int(sig) if sig.isdigit() else None,
+            start=parse_time(fields.get("StartTime", "")),
+            end=parse_time(fields.get("EndTime", "")), reason=_reason(fields.get("Reason", "")),
+        )
+    return rows

@@ -1,0 +1,207 @@
+"""The Slurm runtime: sbatch/squeue/sacct/scancel over any :class:`Transport`.
+
+Per poll: the jobs' exit-code markers are read in one batch (no controller RPC); squeue is
+called at most once, and only every ``poll_interval`` (sooner when a marker says a job failed
+and Slurm must say how); sacct at most once, for jobs that left the queue without a marker
+that tells their fate. Without accounting, ``scontrol show job`` replaces sacct.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from runtimes.base import JobRequest, JobState, JobStatus, Runtime, Submitted, TrackedJob
+from runtimes.config import ClusterConfig
+from runtimes.jobdir import SCRIPT_FILE, Marker, marker_path, parse_marker
+from runtimes.slurm import commands as cmd
+from runtimes.transport import Completed, Transport
+
+VANISHED_AFTER_S = 60.0
+"""A job that neither squeue, sacct nor its marker knows for this long is declared lost."""
+FAILED_MARKER_RECHECK_S = 1.0
+"""Earliest squeue after a marker reports a non-zero exit (Slurm names the cause)."""
+
+
+class SlurmRuntime(Runtime):
+    """Jobs on one Slurm cluster."""
+
+    def __init__(
+        self, cluster: ClusterConfig, transport: Transport,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = cluster.name
+        self.cluster = cluster
+        self.transport = transport
+        self.calls: Counter[str] = Counter()
+        self._clock = clock
+        self._last_squeue = float("-inf")
+        self._queue: dict[str, cmd.QueueRow] = {}
+        self._accounting: bool | None = {"sacct": True, "none": False}.get(
+            cluster.slurm.accounting
+        )
+        self._unknown_since: dict[str, float] = {}
+
+    # -- commands ---------------------------------------------------------------------------
+    def _run(self, argv: list[str], stdin: bytes | None = None) -> Completed:
+        self.calls[argv[0]] += 1
+        return self.transport.run(argv, stdin=stdin)
+
+    def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
+        files: dict[str, bytes] = {}
+        for req in requests:
+            files.update(req.files)
+            files[f"{req.jobdir}/{SCRIPT_FILE}"] = req.script.encode("utf-8")
+        try:
+            self.transport.write_files(files)
+        except OSError as exc:
+            return [Submitted(r.token, None, f"cannot write job directory: {exc}") for r in requests]
+        out: list[Submitted] = []
+        for req in requests:
+            res = self._run(cmd.sbatch_argv(f"{req.jobdir}/{SCRIPT_FILE}"))
+            if not res.ok:
+                out.append(Submitted(req.token, None, (res.stderr or res.stdout).strip()))
+                continue
+            try:
+                out.append(Submitted(req.token, cmd.parse_sbatch(res.stdout)))
+            except ValueError as exc:
+                out.append(Submitted(req.token, None, str(exc)))
+        return out
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            self._run(cmd.scancel_argv(list(job_ids)))
+
+    def read_log(self, job: TrackedJob, stream: str = "out") -> bytes:
+        if not job.job_id:
+            return b""
+        path = f"{job.jobdir}/slurm-{job.job_id}.{stream}"
+        return self.transport.read_files([path]).get(path) or b""
+
+    # -- following --------------------------------------------------------------------------
+    def _squeue(self) -> dict[str, cmd.QueueRow]:
+        res = self._run(cmd.squeue_argv())
+        self._last_squeue = self._clock()
+        if res.ok:
+            self._queue = cmd.parse_squeue(res.stdout)
+        return self._queue
+
+    def _sacct(self, job_ids: Sequence[str]) -> dict[str, cmd.AcctRow]:
+        if not job_ids or self._accounting is False:
+            return {}
+        res = self._run(cmd.sacct_argv(job_ids))
+        if not res.ok:
+            if self._accounting is None and "disabled" in res.stderr.lower():
+                self._accounting = False
+            return {}
+        self._accounting = True
+        return cmd.parse_sacct(res.stdout)
+
+    def _scontrol(self) -> dict[str, cmd.AcctRow]:
+        res = self._run(cmd.scontrol_argv())
+        return cmd.parse_scontrol(res.stdout) if res.ok else {}
+
+    def _markers(self, jobs: Sequence[TrackedJob]) -> dict[str, Marker]:
+        paths = {marker_path(j.jobdir): j for j in jobs}
+        found: dict[str, Marker] = {}
+        for path, data in self.transport.read_files(paths).items():
+            marker = parse_marker(data) if data else None
+            job = paths[path]
+            if marker and job.job_id and marker.job_id in (None, job.job_id):
+                found[job.job_id] = marker
+        return found
+
+    def poll(self, jobs: Sequence[TrackedJob]) -> dict[str, JobStatus]:
+        live = [j for j in jobs if j.job_id]
+        if not live:
+            return {}
+        now = self._clock()
+        markers = self._markers(live)
+        out: dict[str, JobStatus] = {}
+        for job_id, m in markers.items():
+            if m.exit_code == 0:  # the fast path: a clean exit needs no controller RPC
+                out[job_id] = JobStatus(JobState.COMPLETED, 0, None, m.start, m.end)
+        pending = [j for j in live if j.job_id not in out]
+        if not pending:
+            return out
+        due = now - self._last_squeue >= self.cluster.slurm.poll_interval
+        failed_marker = any(j.job_id in markers for j in pending)
+        refresh = due or (failed_marker and now - self._last_squeue >= FAILED_MARKER_RECHECK_S)
+        queue = self._squeue() if refresh else self._queue
+        need_acct: list[str] = []
+        for job in pending:
+            job_id = str(job.job_id)
+            row = queue.get(job_id)
+            marker = markers.get(job_id)
+            if row is not None and not row.state.terminal:
+                if marker is None:
+                    out[job_id] = JobStatus(row.state, None, row.reason, row.start)
+                continue  # marker written but Slurm not done yet: wait for Slurm's word
+            if row is not None and (row.state is JobState.COMPLETED or marker is not None):
+                code = 0 if row.state is JobState.COMPLETED else marker.exit_code if marker else None
+                out[job_id] = JobStatus(
+                    row.state, code, row.reason,
+                    marker.start if marker else row.start, marker.end if marker else None,
+                )
+                continue
+            need_acct.append(job_id)
+        if need_acct and refresh:
+            out.update(self._resolve(need_acct, queue, markers, now))
+        return out
+
+    def _resolve(
+        self, job_ids: list[str], queue: dict[str, cmd.QueueRow],
+        markers: dict[str, Marker], now: float,
+    ) -> dict[str, JobStatus]:
+        """Final states for jobs that left the queue (or ended without a marker)."""
+        records = self._sacct(job_ids)
+        if self._accounting is False:
+            records = self._scontrol()
+        out: dict[str, JobStatus] = {}
+        for job_id in job_ids:
+            rec, marker, row = records.get(job_id), markers.get(job_id), queue.get(job_id)
+            if rec is not None and rec.state.terminal:
+                code = rec.exit_code if rec.exit_code is not None else (
+                    marker.exit_code if marker else None)
+                out[job_id] = JobStatus(
+                    rec.state, code, rec.reason if rec.state is not JobState.COMPLETED else None,
+                    marker.start if marker else rec.start, marker.end if marker else rec.end,
+                )
+            elif row is not None:  # terminal in squeue, no marker, no record (yet)
+                out[job_id] = JobStatus(row.state, None, row.reason, row.start)
+            elif rec is not None:
+                out[job_id] = JobStatus(rec.state, None, rec.reason, rec.start)
+            elif marker is not None and self._accounting is False:
+                state = JobState.COMPLETED if marker.exit_code == 0 else JobState.FAILED
+                out[job_id] = JobStatus(state, marker.exit_code, None, marker.start, marker.end)
+            else:
+                since = self._unknown_since.setdefault(job_id, now)
+                if now - since >= VANISHED_AFTER_S:
+                    code = marker.exit_code if marker else None
+                    out[job_id] = JobStatus(
+                        JobState.FAILED, code, "job vanished from Slurm without a record"
+                    )
+                continue
+            self._unknown_since.pop(job_id, None)
+        return out
+
+    def find(self, jobs: Sequence[TrackedJob]) -> dict[str, str]:
+        if not jobs:
+            return {}
+        tokens = {j.token for j in jobs}
+        found = {row.name: row.job_id for row in self._squeue().values() if row.name in tokens}
+        missing = [t for t in tokens if t not in found]
+        if missing and self._accounting is not False:
+            res = self._run(cmd.sacct_by_name_argv(missing))
+            if res.ok:
+                for rec in cmd.parse_sacct(res.stdout).values():
+                    found.setdefault(rec.name, rec.job_id)
+        for job in jobs:
+            if job.token not in found:
+                data = self.transport.read_files([marker_path(job.jobdir)])
+                raw = data.get(marker_path(job.jobdir))
+                marker = parse_marker(raw) if raw else None
+                if marker and marker.job_id:
+                    found[job.token] = marker.job_id
+        return found

@@ -1,0 +1,13 @@
+#!/bin/bash
+#SBATCH --job-name={token}
+#SBATCH --output={jobdir}/slurm-%j.out
+#SBATCH --error={jobdir}/slurm-%j.err
+#SBATCH --cpus-per-task={cpus}
+{memory}#SBATCH --time={time}
+#SBATCH --no-requeue
+#SBATCH --comment=akobridge:{workflow}/{activity}
+{scheduling}# akobridge: workflow {workflow} (id {workflow_id}), activity {activity}, attempt {attempt}
+AKB_JOBDIR={q_jobdir}
+akb_start=$(date +%s.%N)
+trap 'akb_rc=$?; printf "%s %s %s %s\n" "$akb_rc" "$akb_start" "$(date +%s.%N)" "${{SLURM_JOB_ID:-}}" > "$AKB_JOBDIR/exitcode.tmp"; mv -f "$AKB_JOBDIR/exitcode.tmp" "$AKB_JOBDIR/exitcode"' EXIT
+{prologue}{env}{command}
