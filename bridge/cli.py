@@ -202,7 +202,8 @@ def _duration(a: ActivityRow) -> str:
     if not a.started_at:
         return ""
     end = a.finished_at or datetime.now(a.started_at.tzinfo)
-    return f"{(end - a.started_at).total_seconds():.1f}s"
+    seconds = (end - a.started_at).total_seconds()
+    return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.0f}s"
 
 
 def _styled(state: str) -> str:

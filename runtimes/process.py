@@ -33,6 +33,7 @@ class ProcessRuntime(Runtime):
         self._files = LocalTransport()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._started: dict[str, datetime] = {}
+        self._cancelled: set[str] = set()
 
     def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
         out = []
@@ -82,6 +83,8 @@ class ProcessRuntime(Runtime):
                     out[job_id] = JobStatus(JobState.FAILED, code, reason)
                 continue
             state = JobState.COMPLETED if marker.exit_code == 0 else JobState.FAILED
+            if job_id in self._cancelled and marker.exit_code != 0:
+                state = JobState.CANCELLED
             out[job_id] = JobStatus(state, marker.exit_code, None, marker.start, marker.end)
         return out
 
@@ -97,6 +100,7 @@ class ProcessRuntime(Runtime):
     def cancel(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
             self.calls["kill"] += 1
+            self._cancelled.add(job_id)
             try:
                 os.killpg(int(job_id.removeprefix("local-")), signal.SIGTERM)
             except (ProcessLookupError, ValueError, PermissionError):

@@ -146,6 +146,9 @@ def _suggest(word: str, choices: Sequence[str]) -> str | None:
     for choice in choices:
         if choice.lower() == word.lower():
             return choice
+    inside = [c for c in choices if len(word) >= 4 and word.lower() in c.lower()]
+    if len(inside) == 1:
+        return inside[0]
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return close[0] if close else None
 
@@ -485,6 +488,6 @@ def parse_akoflow(text: str, *, source: str = "<string>") -> Parsed:
     semantic, warnings = _check(data, root)
     problems += semantic
     if problems or doc is None:
-        problems.sort(key=lambda p: (p.line is None, p.line or 0))
+        problems.sort(key=lambda p: (p.line is None, p.line or 0, p.path))
         raise SpecError(problems, source)
     return Parsed(_normalise(doc, data, text), warnings)

@@ -10,4 +10,5 @@
 AKB_JOBDIR={q_jobdir}
 akb_start=$(date +%s.%N)
 trap 'akb_rc=$?; printf "%s %s %s %s\n" "$akb_rc" "$akb_start" "$(date +%s.%N)" "${{SLURM_JOB_ID:-}}" > "$AKB_JOBDIR/exitcode.tmp"; mv -f "$AKB_JOBDIR/exitcode.tmp" "$AKB_JOBDIR/exitcode"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
 {prologue}{env}{command}
