@@ -109,9 +109,7 @@ def plan(activities: Sequence[ActivityView], now: datetime) -> list[Action]:
         state = states[a.name]
         if state is ActivityState.PENDING and all(
             states[p] is ActivityState.COMPLETED for p in a.parents
-        ):
-            actions.append(Submit(a.name))
-        elif state is ActivityState.RETRY_WAIT and (a.retry_at is None or a.retry_at <= now):
+        ) or state is ActivityState.RETRY_WAIT and (a.retry_at is None or a.retry_at <= now):
             actions.append(Submit(a.name))
     if all(s.terminal for s in states.values()):
         actions.append(Finish(outcome(list(states.values()))))

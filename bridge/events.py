@@ -111,7 +111,7 @@ class DeliveryPolicy:
 
     def delay(self, tries: int) -> float:
         base = min(self.max_delay_s, self.first_delay_s * 2 ** max(0, tries - 1))
-        return base * random.uniform(0.5, 1.0)
+        return float(base * random.uniform(0.5, 1.0))
 
 
 class Deliverer:

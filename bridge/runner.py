@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from bridge import engine
-from bridge.engine import ActivityState, ActivityView, WorkflowState
+from bridge.engine import ActivityView, WorkflowState
 from bridge.events import ACTIVITY_COMPLETED, WORKFLOW_DONE, activity_payload, workflow_payload
 from bridge.spec.model import Workflow
 from bridge.store import ActivityRow, AttemptRow, Store, WorkflowRow, iso, now_utc
@@ -80,7 +80,8 @@ class Bridge:
         for step in wf.steps:
             cfg = self.cluster(step.runtime or wf.runtime)
             try:
-                render(wf, step, cfg, workflow_id=0, token="check", jobdir="/check", attempt=1)
+                render(wf, step, cfg, workflow_id=0, token="akb-check", jobdir="/check",
+                       attempt=1)
             except RenderError as exc:
                 raise SubmissionError(str(exc)) from None
         wf_id = self.store.add_workflow(wf)
@@ -228,10 +229,8 @@ class Bridge:
         """Write ACTIVITY_COMPLETED to the outbox inside the caller's transaction."""
         wf = self.store.workflow(wf_id)
         assert wf is not None
-        acts = self.store.activities(wf_id)
-        ids = {a.name: a.id for a in acts}
-        act = next(a for a in acts if a.id == act_id)
-        payload = activity_payload(wf, act, ids, cluster)
+        payload = activity_payload(wf, self.store.activity(act_id),
+                                   self.store.activity_ids(wf_id), cluster)
         Store.add_event(db, wf_id, ACTIVITY_COMPLETED, payload, _urls(wf), self.clock())
 
     # -- submit -----------------------------------------------------------------------------
@@ -275,7 +274,7 @@ class Bridge:
             for a in attempts:
                 act = self.store.activity(a.activity_id)
                 wf = self.store.workflow(act.workflow_id)
-                assert wf is not None
+                assert wf is not None  # attempts never outlive their workflow
                 try:
                     rendered = render(wf.spec, act.spec, cluster, workflow_id=wf.id,
                                       token=a.token, jobdir=a.jobdir, attempt=a.number)

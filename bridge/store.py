@@ -148,6 +148,8 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
         self.instance = self._instance_id()
+        self._workflow_specs: dict[int, Workflow] = {}
+        self._step_specs: dict[int, Step] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -210,24 +212,24 @@ class Store:
     # -- reads ------------------------------------------------------------------------------
     def workflow(self, wf_id: int) -> WorkflowRow | None:
         row = self.db.execute("SELECT * FROM workflows WHERE id=?", (wf_id,)).fetchone()
-        return _workflow(row) if row else None
+        return self._workflow(row) if row else None
 
     def workflows(self, *, active_only: bool = False, limit: int = 50) -> list[WorkflowRow]:
         where = "WHERE state='RUNNING'" if active_only else ""
         rows = self.db.execute(
             f"SELECT * FROM workflows {where} ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
-        return [_workflow(r) for r in rows]
+        return [self._workflow(r) for r in rows]
 
     def activities(self, wf_id: int) -> list[ActivityRow]:
         rows = self.db.execute(
             "SELECT * FROM activities WHERE workflow_id=? ORDER BY position", (wf_id,)
         ).fetchall()
-        return [_activity(r) for r in rows]
+        return [self._activity(r) for r in rows]
 
     def activity(self, activity_id: int) -> ActivityRow:
         row = self.db.execute("SELECT * FROM activities WHERE id=?", (activity_id,)).fetchone()
-        return _activity(row)
+        return self._activity(row)
 
     def live_attempts(self) -> list[AttemptRow]:
         """Attempts whose job exists or may exist (SUBMITTING, QUEUED, RUNNING)."""
@@ -236,6 +238,10 @@ class Store:
             f" WHERE t.state IN {LIVE_STATES} ORDER BY t.id"
         ).fetchall()
         return [_attempt(r) for r in rows]
+
+    def activity_ids(self, wf_id: int) -> dict[str, int]:
+        rows = self.db.execute("SELECT name, id FROM activities WHERE workflow_id=?", (wf_id,))
+        return {name: id_ for name, id_ in rows}
 
     def live_count(self, cluster: str) -> int:
         return int(self.db.execute(
@@ -275,20 +281,34 @@ class Store:
         return int(self.db.execute(sql, args).fetchone()[0])
 
 
-def _workflow(r: sqlite3.Row) -> WorkflowRow:
+    # Specs never change once stored: parse each once per connection.
+    def _workflow(self, r: sqlite3.Row) -> WorkflowRow:
+        spec = self._workflow_specs.get(r["id"])
+        if spec is None:
+            spec = self._workflow_specs[r["id"]] = Workflow.model_validate_json(r["spec"])
+        return _workflow(r, spec)
+
+    def _activity(self, r: sqlite3.Row) -> ActivityRow:
+        spec = self._step_specs.get(r["id"])
+        if spec is None:
+            spec = self._step_specs[r["id"]] = Step.model_validate_json(r["spec"])
+        return _activity(r, spec)
+
+
+def _workflow(r: sqlite3.Row, spec: Workflow) -> WorkflowRow:
     return WorkflowRow(
         id=r["id"], name=r["name"], namespace=r["namespace"], runtime=r["runtime"],
         source_format=r["source_format"], raw=r["raw"],
-        spec=Workflow.model_validate_json(r["spec"]), state=WorkflowState(r["state"]),
+        spec=spec, state=WorkflowState(r["state"]),
         reason=r["reason"], created_at=datetime.fromisoformat(r["created_at"]),
         finished_at=parse_iso(r["finished_at"]),
     )
 
 
-def _activity(r: sqlite3.Row) -> ActivityRow:
+def _activity(r: sqlite3.Row, spec: Step) -> ActivityRow:
     return ActivityRow(
         id=r["id"], workflow_id=r["workflow_id"], position=r["position"], name=r["name"],
-        spec=Step.model_validate_json(r["spec"]), state=ActivityState(r["state"]),
+        spec=spec, state=ActivityState(r["state"]),
         attempt=r["attempt"], retry_at=parse_iso(r["retry_at"]), exit_code=r["exit_code"],
         reason=r["reason"], job_id=r["job_id"], created_at=datetime.fromisoformat(r["created_at"]),
         started_at=parse_iso(r["started_at"]), finished_at=parse_iso(r["finished_at"]),

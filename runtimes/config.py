@@ -102,7 +102,7 @@ class ClusterConfig(_Strict):
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, v: str | None) -> str | None:
-        if v is not None and (not v.startswith("/") or not re.match(r"^[A-Za-z0-9._/+@%=,~-]+$", v)):
+        if v is not None and not re.match(r"^/[A-Za-z0-9._/+@%=,~-]*$", v):
             raise ValueError("must be an absolute path of letters, digits and ._/+@%=,~-")
         return v
 

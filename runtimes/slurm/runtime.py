@@ -56,7 +56,8 @@ class SlurmRuntime(Runtime):
         try:
             self.transport.write_files(files)
         except OSError as exc:
-            return [Submitted(r.token, None, f"cannot write job directory: {exc}") for r in requests]
+            error = f"cannot write job directory: {exc}"
+            return [Submitted(r.token, None, error) for r in requests]
         out: list[Submitted] = []
         for req in requests:
             res = self._run(cmd.sbatch_argv(f"{req.jobdir}/{SCRIPT_FILE}"))
@@ -139,7 +140,8 @@ class SlurmRuntime(Runtime):
                     out[job_id] = JobStatus(row.state, None, row.reason, row.start)
                 continue  # marker written but Slurm not done yet: wait for Slurm's word
             if row is not None and (row.state is JobState.COMPLETED or marker is not None):
-                code = 0 if row.state is JobState.COMPLETED else marker.exit_code if marker else None
+                code = 0 if row.state is JobState.COMPLETED else (
+                    marker.exit_code if marker else None)
                 out[job_id] = JobStatus(
                     row.state, code, row.reason,
                     marker.start if marker else row.start, marker.end if marker else None,
