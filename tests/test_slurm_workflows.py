@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Harness, Receiver, slurm
 
+from conftest import Harness, Receiver, slurm
 from runtimes.config import ClusterConfig
 
 pytestmark = pytest.mark.slurm
