@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -149,36 +149,77 @@ def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float
         wf_id = bridge.submit(wf)
     except SubmissionError as exc:
         fail(str(exc))
-    delivery = DeliveryLoop(store.path)
-    delivery.start()
     err.print(f"workflow {wf.name!r} is #{wf_id} on [bold]{wf.runtime}[/bold] "
               f"(state: {store.path})", highlight=False)
+    sys.exit(follow(store, bridge, [wf_id], webhook_wait))
+
+
+def follow(store: Store, bridge: Bridge, wf_ids: list[int], webhook_wait: float) -> int:
+    """Drive the workflows to their end with a live table; 0 only if all completed."""
+    delivery = DeliveryLoop(store.path)
+    delivery.start()
+
+    def tables() -> Group:
+        return Group(*(activity_table(store, i) for i in wf_ids))
+
     try:
-        with Live(activity_table(store, wf_id), console=err, refresh_per_second=4,
-                  transient=True) as live:
-            bridge.run([wf_id], on_cycle=lambda: live.update(activity_table(store, wf_id)))
+        with Live(tables(), console=err, refresh_per_second=4, transient=True) as live:
+            bridge.run(wf_ids, on_cycle=lambda: live.update(tables()))
     except KeyboardInterrupt:
-        err.print("interrupted: jobs keep running; `akobridge status "
-                  f"{wf_id}` shows them and the next run resumes following them")
-        sys.exit(130)
+        err.print("interrupted: jobs keep running; `akobridge status` shows them and "
+                  "`akobridge resume` follows them again")
+        return 130
     finally:
         bridge.close()
     deadline = time.monotonic() + webhook_wait
-    while store.pending_deliveries(wf_id) and time.monotonic() < deadline:
+    while store.pending_deliveries() and time.monotonic() < deadline:
         delivery.wake.set()
         time.sleep(0.05)
     delivery.stopping.set()
     delivery.wake.set()
     delivery.join(timeout=5)
-    out.print(activity_table(store, wf_id))
-    left = store.pending_deliveries(wf_id)
+    left = store.pending_deliveries()
     if left:
         err.print(f"[yellow]warning:[/yellow] {left} webhook deliveries still pending; "
-                  "`akobridge serve` retries them")
-    row = store.workflow(wf_id)
-    assert row is not None
-    out.print(f"workflow #{wf_id} {row.name}: [bold]{row.state.value}[/bold]")
-    sys.exit(0 if row.state is WorkflowState.COMPLETED else 1)
+                  "`akobridge resume` or the daemon retries them")
+    code = 0
+    for wf_id in wf_ids:
+        out.print(activity_table(store, wf_id))
+        row = store.workflow(wf_id)
+        assert row is not None
+        out.print(f"workflow #{wf_id} {row.name}: [bold]{row.state.value}[/bold]")
+        code = code or (0 if row.state is WorkflowState.COMPLETED else 1)
+    return code
+
+
+@main.command()
+@click.argument("workflow_id", required=False, type=int)
+@_clusters_option
+@click.pass_context
+def resume(ctx: click.Context, workflow_id: int | None, clusters_dir_local: str | None) -> None:
+    """Follow the unfinished workflows of the store (or one of them) to the end.
+
+    After an interrupted ``run`` or a crash: submissions that were in flight are matched to
+    their Slurm jobs by name, so nothing is submitted twice.
+    """
+    store = _open_store(ctx)
+    active = [w.id for w in store.workflows(active_only=True, limit=1_000_000)]
+    if workflow_id is not None and workflow_id not in active:
+        fail(f"workflow {workflow_id} is not running (see `akobridge status`)")
+    wanted = [workflow_id] if workflow_id is not None else active
+    if not wanted:
+        out.print("nothing to resume: no workflow is running")
+        return
+    code = follow(store, Bridge(store, _clusters(ctx, clusters_dir_local), ctx.obj["state_dir"]),
+                  wanted, webhook_wait=30.0)
+    sys.exit(code)
+
+
+def _open_store(ctx: click.Context) -> Store:
+    path = ctx.obj["state_dir"] / config.DB_NAME
+    if not path.exists():
+        fail(f"no state at {path} yet: nothing has run with this --state-dir")
+    return Store(path)
 
 
 @main.command()
@@ -186,10 +227,7 @@ def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float
 @click.pass_context
 def status(ctx: click.Context, workflow_id: int | None) -> None:
     """List recent workflows, or the activities of one."""
-    path = ctx.obj["state_dir"] / config.DB_NAME
-    if not path.exists():
-        fail(f"no state at {path} yet: nothing has run with this --state-dir")
-    store = Store(path)
+    store = _open_store(ctx)
     if workflow_id is None:
         out.print(workflow_table(store.workflows()))
         return
