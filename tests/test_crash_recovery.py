@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bridge.runner import Bridge
 from bridge.spec import parse_akoflow
@@ -116,11 +117,9 @@ def test_sigkill_at_random_instants_then_resume(devslurm: ClusterConfig, tmp_pat
     """``akobridge run`` killed with SIGKILL again and again; ``resume`` finishes the work."""
     clusters = tmp_path / "clusters"
     clusters.mkdir()
-    import yaml
-
     (clusters / "devslurm.yaml").write_text(yaml.safe_dump(devslurm.model_dump(mode="json")))
     wf_file = tmp_path / "wide.yaml"
-    wf_file.write_text(WIDE.replace("name: wide\nspec:\n", "name: wide\nspec:\n  runtime: devslurm\n"))
+    wf_file.write_text(WIDE.replace("spec:\n", "spec:\n  runtime: devslurm\n", 1))
     env = {**os.environ, "AKOBRIDGE_STATE_DIR": str(tmp_path / "state"),
            "AKOBRIDGE_CLUSTERS_DIR": str(clusters), "SLURM_CONF": SLURM_CONF}
     cli = [sys.executable, "-m", "bridge", "--state-dir", str(tmp_path / "state")]
