@@ -107,9 +107,11 @@ def plan(activities: Sequence[ActivityView], now: datetime) -> list[Action]:
                 changed = True
     for a in activities:
         state = states[a.name]
-        if state is ActivityState.PENDING and all(
-            states[p] is ActivityState.COMPLETED for p in a.parents
-        ) or state is ActivityState.RETRY_WAIT and (a.retry_at is None or a.retry_at <= now):
+        if not all(states[p] is ActivityState.COMPLETED for p in a.parents):
+            continue
+        if state is ActivityState.PENDING or (
+            state is ActivityState.RETRY_WAIT and (a.retry_at is None or a.retry_at <= now)
+        ):
             actions.append(Submit(a.name))
     if all(s.terminal for s in states.values()):
         actions.append(Finish(outcome(list(states.values()))))

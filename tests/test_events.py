@@ -1,0 +1,89 @@
+"""The webhook outbox: order per workflow and URL, retries with backoff, giving up."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from bridge.events import Deliverer, DeliveryPolicy
+from bridge.spec import parse_akoflow
+from bridge.store import SCHEMA_VERSION, Store, now_utc
+from conftest import Receiver
+
+FAST = DeliveryPolicy(timeout_s=2, first_delay_s=0.05, max_delay_s=0.1, max_tries=4)
+
+
+def _store(tmp_path: Path) -> tuple[Store, int]:
+    store = Store(tmp_path / "s.db")
+    wf = parse_akoflow("name: w\nspec:\n  activities:\n    - name: a\n      run: 'true'\n")
+    return store, store.add_workflow(wf.workflow)
+
+
+def _emit(store: Store, wf_id: int, n: int, urls: list[str]) -> None:
+    for i in range(n):
+        with store.transaction() as db:
+            Store.add_event(db, wf_id, "ACTIVITY_COMPLETED", {"type": "X", "n": i}, urls,
+                            now_utc())
+
+
+def _drain(d: Deliverer, store: Store, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while store.pending_deliveries() and time.monotonic() < deadline:
+        d.deliver_due()
+        time.sleep(0.01)
+
+
+def test_events_arrive_in_order_after_retries(tmp_path: Path, receiver: Receiver) -> None:
+    store, wf_id = _store(tmp_path)
+    receiver.fail_first = 2
+    _emit(store, wf_id, 5, [receiver.url])
+    d = Deliverer(store, FAST)
+    _drain(d, store)
+    assert [r.body["n"] for r in receiver.wait_for(5)] == [0, 1, 2, 3, 4]
+    tries = store.db.execute("SELECT tries FROM deliveries ORDER BY id").fetchall()
+    assert [t[0] for t in tries] == [3, 1, 1, 1, 1]  # two 503s, then success
+    deliveries = receiver.requests
+    assert len({r.headers["X-Akobridge-Delivery"] for r in deliveries}) == 5
+
+
+def test_a_dead_receiver_is_given_up_after_max_tries(tmp_path: Path, receiver: Receiver) -> None:
+    store, wf_id = _store(tmp_path)
+    dead = "http://127.0.0.1:9/nothing-listens-here"
+    _emit(store, wf_id, 2, [dead, receiver.url])
+    d = Deliverer(store, FAST)
+    _drain(d, store)
+    rows = store.db.execute("SELECT url, state, tries, last_error FROM deliveries").fetchall()
+    for url, state, tries, error in rows:
+        if url == dead:
+            assert state == "failed" and tries == FAST.max_tries and "Connect" in error
+        else:
+            assert state == "delivered" and tries == 1
+    assert [r.body["n"] for r in receiver.requests] == [0, 1]  # not held up by the dead URL
+
+
+def test_backoff_is_exponential_with_jitter_and_capped() -> None:
+    p = DeliveryPolicy(first_delay_s=1, max_delay_s=8)
+    for tries, base in [(1, 1), (2, 2), (3, 4), (4, 8), (9, 8)]:
+        delays = {p.delay(tries) for _ in range(50)}
+        assert all(base * 0.5 <= x <= base for x in delays)
+        assert len(delays) > 1
+
+
+def test_not_due_is_not_posted(tmp_path: Path, receiver: Receiver) -> None:
+    store, wf_id = _store(tmp_path)
+    with store.transaction() as db:
+        Store.add_event(db, wf_id, "X", {"n": 0}, [receiver.url],
+                        now_utc() + timedelta(hours=1))
+    assert Deliverer(store, FAST).deliver_due() == 0
+    assert receiver.requests == []
+
+
+def test_schema_is_versioned_and_reopens(tmp_path: Path) -> None:
+    store, wf_id = _store(tmp_path)
+    instance = store.instance
+    store.close()
+    again = Store(tmp_path / "s.db")
+    assert again.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert again.instance == instance and again.workflow(wf_id) is not None
