@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for tests/cluster/setup.sh and tests/cluster/stop.sh.
 # Sourced, not executed. Expects `set -euo pipefail` in the caller.
 
@@ -10,6 +11,7 @@ LAB=${LAB%/}
 
 # Every daemon this lab runs: name|pid file|process name (/proc/PID/comm).
 # Order matters: stop.sh stops them top to bottom (setup.sh starts them bottom to top).
+# shellcheck disable=SC2034  # used by stop.sh
 LAB_DAEMONS=(
     "sshd|$LAB/ssh/sshd.pid|sshd"
     "slurmd|$LAB/run/slurmd.pid|slurmd"
@@ -46,11 +48,13 @@ die() {
 # pid_of PIDFILE COMM -> prints the PID if the file names a live (non-zombie) process
 # whose /proc/PID/comm is COMM; returns 1 otherwise.
 pid_of() {
-    local file=$1 comm=$2 pid state
+    local file=$1 comm=$2 pid state c
     [[ -r $file ]] || return 1
     pid=$(tr -dc '0-9' <"$file" 2>/dev/null || true)
     [[ -n $pid && -d /proc/$pid ]] || return 1
-    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm" ]] || return 1
+    c=
+    read -r c 2>/dev/null <"/proc/$pid/comm" || true
+    [[ $c == "$comm" ]] || return 1
     state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null || true)
     [[ $state != Z && $state != X ]] || return 1
     echo "$pid"
@@ -59,12 +63,15 @@ pid_of() {
 # Fallback when a pid file is missing or stale: processes named COMM that belong to this
 # lab (the lab path is in their command line, or their SLURM_CONF points into the lab).
 lab_pids() {
-    local comm=$1 d pid
+    local comm=$1 d pid c
     for d in /proc/[0-9]*; do
         pid=${d#/proc/}
-        [[ $(cat "$d/comm" 2>/dev/null) == "$comm" ]] || continue
-        if tr '\0' '\n' <"$d/cmdline" 2>/dev/null | grep -qF -- "$LAB/" ||
-            tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$LAB/slurm.conf"; then
+        c=
+        read -r c 2>/dev/null <"$d/comm" || true
+        [[ $c == "$comm" ]] || continue
+        # (no pipes into grep -q here: with pipefail an early exit of grep would read as "no")
+        if grep -qzF -- "$LAB/" "$d/cmdline" 2>/dev/null ||
+            grep -qzxF -- "SLURM_CONF=$LAB/slurm.conf" "$d/environ" 2>/dev/null; then
             echo "$pid"
         fi
     done
