@@ -122,6 +122,8 @@ def load_cluster(path: Path) -> ClusterConfig:
     """Read and validate one cluster config file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClusterConfigError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ClusterConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -67,9 +67,11 @@ class ProcessRuntime(Runtime):
         for job in live:
             job_id = str(job.job_id)
             proc = self._children.get(job_id)
-            running = proc.poll() is None if proc else _alive(job_id)
             raw = markers.get(marker_path(job.jobdir))
             marker = parse_marker(raw) if raw else None
+            # not our child (a job from before a restart): its exit-code marker says it ended,
+            # even while its pid lingers as a zombie nobody reaps, or has been reused
+            running = proc.poll() is None if proc else marker is None and _alive(job_id)
             if running:
                 out[job_id] = JobStatus(JobState.RUNNING, started_at=self._started.get(job_id))
                 continue

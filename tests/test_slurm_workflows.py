@@ -164,3 +164,26 @@ def test_fifty_in_flight_one_squeue_per_cycle(harness, devslurm) -> None:
     assert rt.calls["sbatch"] == 50
     # the poll interval, not the number of jobs, sets the squeue rate
     assert rt.calls["squeue"] < 60
+
+
+def test_without_accounting_markers_and_scontrol_decide(harness, devslurm) -> None:
+    no_acct = devslurm.slurm.model_copy(update={"accounting": "none"})
+    h: Harness = harness(devslurm.model_copy(update={"slurm": no_acct}))
+    wf_id = h.submit(diamond(run_b="exit 3"))
+    h.run(wf_id)
+    assert h.states(wf_id) == {"a": "COMPLETED", "b": "FAILED", "c": "COMPLETED", "d": "SKIPPED"}
+    assert next(a for a in h.store.activities(wf_id) if a.name == "b").exit_code == 3
+
+    held = no_acct.model_copy(update={"extra_options": ("--hold",)})
+    h2: Harness = harness(devslurm.model_copy(update={"slurm": held}))
+    wf2 = h2.submit("name: h\nspec:\n  activities:\n    - name: held\n      run: 'true'\n")
+    deadline = time.monotonic() + 30
+    while not (job := h2.store.activities(wf2)[0].job_id) and time.monotonic() < deadline:
+        h2.bridge.cycle()
+    assert job, "the held job was never submitted"
+    slurm("scancel", str(job))  # cancelled while pending: no marker is ever written
+    h2.run(wf2, timeout=60)
+    [act] = h2.store.activities(wf2)
+    assert act.state.value == "CANCELLED"
+    calls = h.bridge.runtimes[devslurm.name].calls + h2.bridge.runtimes[devslurm.name].calls
+    assert calls["sacct"] == 0 and calls["scontrol"] >= 1

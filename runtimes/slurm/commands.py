@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from runtimes.base import JobState
 
 SEP = "|"
-SQUEUE_FORMAT = "%i|%j|%T|%r|%S"
-SACCT_FIELDS = "JobIDRaw,JobName,State,ExitCode,Start,End,Reason"
+SQUEUE_FORMAT = "%i|%j|%T|%r|%S|%e"
+SACCT_FIELDS = "JobIDRaw,JobName,State,ExitCode,Start,End,Elapsed,Reason"
 
 _STATE_MAP: dict[str, JobState] = {
     "PENDING": JobState.QUEUED, "CONFIGURING": JobState.QUEUED, "REQUEUED": JobState.QUEUED,
@@ -38,6 +38,7 @@ class QueueRow:
     slurm_state: str
     reason: str | None
     start: datetime | None
+    end: datetime | None
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def slurm_state(text: str) -> tuple[JobState | None, str]:
 def parse_time(text: str) -> datetime | None:
     """Slurm timestamps (``2026-11-23T18:01:02``, local time) as aware UTC datetimes."""
     text = text.strip()
-    if not text or text in ("N/A", "Unknown", "None"):
+    if not text or text in ("N/A", "NONE", "Unknown", "None"):
         return None
     try:
         return datetime.fromisoformat(text).astimezone(UTC)
@@ -120,13 +121,14 @@ def parse_squeue(stdout: str) -> dict[str, QueueRow]:
     rows: dict[str, QueueRow] = {}
     for line in stdout.splitlines():
         parts = line.split(SEP)
-        if len(parts) != 5:
+        if len(parts) != 6:
             continue
         state, word = slurm_state(parts[2])
         if state is None:
             continue
         rows[parts[0].strip()] = QueueRow(
             parts[0].strip(), parts[1], state, word, _reason(parts[3]), parse_time(parts[4]),
+            parse_time(parts[5]) if state.terminal else None,
         )
     return rows
 
@@ -136,7 +138,7 @@ def parse_sacct(stdout: str) -> dict[str, AcctRow]:
     rows: dict[str, AcctRow] = {}
     for line in stdout.splitlines():
         parts = line.split(SEP)
-        if len(parts) != 7:
+        if len(parts) != 8:
             continue
         state, word = slurm_state(parts[2])
         if state is None:
@@ -146,7 +148,7 @@ def parse_sacct(stdout: str) -> dict[str, AcctRow]:
             job_id=parts[0].strip(), name=parts[1], state=state, slurm_state=word,
             exit_code=int(code) if code.isdigit() else None,
             signal=int(sig) if sig.isdigit() else None,
-            start=parse_time(parts[4]), end=parse_time(parts[5]), reason=_reason(parts[6]),
+            start=parse_time(parts[4]), end=parse_time(parts[5]), reason=_reason(parts[7]),
         )
     return rows
 

@@ -144,7 +144,7 @@ class SlurmRuntime(Runtime):
                     marker.exit_code if marker else None)
                 out[job_id] = JobStatus(
                     row.state, code, row.reason,
-                    marker.start if marker else row.start, marker.end if marker else None,
+                    marker.start if marker else row.start, marker.end if marker else row.end,
                 )
                 continue
             need_acct.append(job_id)
@@ -164,14 +164,15 @@ class SlurmRuntime(Runtime):
         for job_id in job_ids:
             rec, marker, row = records.get(job_id), markers.get(job_id), queue.get(job_id)
             if rec is not None and rec.state.terminal:
-                code = rec.exit_code if rec.exit_code is not None else (
-                    marker.exit_code if marker else None)
+                code = rec.exit_code
+                if rec.state is not JobState.COMPLETED and not code and marker:
+                    code = marker.exit_code  # sacct -X says 0:0 for a cancelled job
                 out[job_id] = JobStatus(
                     rec.state, code, rec.reason if rec.state is not JobState.COMPLETED else None,
                     marker.start if marker else rec.start, marker.end if marker else rec.end,
                 )
             elif row is not None:  # terminal in squeue, no marker, no record (yet)
-                out[job_id] = JobStatus(row.state, None, row.reason, row.start)
+                out[job_id] = JobStatus(row.state, None, row.reason, row.start, row.end)
             elif rec is not None:
                 out[job_id] = JobStatus(rec.state, None, rec.reason, rec.start)
             elif marker is not None and self._accounting is False:
