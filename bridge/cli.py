@@ -15,6 +15,7 @@ from typing import NoReturn
 import click
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from bridge import __version__, config, logs
@@ -35,8 +36,13 @@ STATE_STYLE = {
 }
 
 
+def say(label: str, text: str) -> None:
+    """One message on stderr: ``text`` is shown as is (not markup) and never wrapped."""
+    err.print(f"{label} {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    say("[red]error:[/red]", message)
     sys.exit(code)
 
 
@@ -49,10 +55,10 @@ def load_workflow(path: Path, runtime: str | None) -> Workflow:
         parsed = parse_akoflow(text, source=str(path))
     except SpecError as exc:
         for problem in exc.problems:
-            err.print(f"[red]error:[/red] {path}: {problem}", highlight=False)
+            say("[red]error:[/red]", f"{path}: {problem}")
         sys.exit(2)
     for warning in parsed.warnings:
-        err.print(f"[yellow]warning:[/yellow] {path}: {warning}", highlight=False)
+        say("[yellow]warning:[/yellow]", f"{path}: {warning}")
     wf = parsed.workflow
     return wf.model_copy(update={"runtime": runtime}) if runtime else wf
 
@@ -100,11 +106,11 @@ def validate(ctx: click.Context, file: Path, runtime: str | None,
     clusters = _clusters(ctx, clusters_dir_local)
     for name in sorted({s.runtime or wf.runtime for s in wf.steps}):
         if clusters.get(name) is None:
-            err.print(f"[yellow]warning:[/yellow] {file}: spec.runtime: no cluster config "
-                      f"named {name!r} yet (known: {', '.join(clusters.names())}); "
-                      "submitting will fail until one exists", highlight=False)
-    out.print(f"{file}: valid workflow {wf.name!r} with {len(wf.steps)} activities",
-              highlight=False)
+            say("[yellow]warning:[/yellow]",
+                f"{file}: spec.runtime: no cluster config named {name!r} yet (known: "
+                f"{', '.join(clusters.names())}); submitting will fail until one exists")
+    out.print(f"{escape(str(file))}: valid workflow {wf.name!r} with {len(wf.steps)} activities",
+              highlight=False, soft_wrap=True)
 
 
 @main.command(name="render")
@@ -150,7 +156,7 @@ def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float
     except SubmissionError as exc:
         fail(str(exc))
     err.print(f"workflow {wf.name!r} is #{wf_id} on [bold]{wf.runtime}[/bold] "
-              f"(state: {store.path})", highlight=False)
+              f"(state: {escape(str(store.path))})", highlight=False)
     sys.exit(follow(store, bridge, [wf_id], webhook_wait))
 
 
@@ -187,7 +193,7 @@ def follow(store: Store, bridge: Bridge, wf_ids: list[int], webhook_wait: float)
         out.print(activity_table(store, wf_id))
         row = store.workflow(wf_id)
         assert row is not None
-        out.print(f"workflow #{wf_id} {row.name}: [bold]{row.state.value}[/bold]")
+        out.print(f"workflow #{wf_id} {row.name}: [bold]{row.state.value}[/bold]", soft_wrap=True)
         code = code or (0 if row.state is WorkflowState.COMPLETED else 1)
     return code
 
@@ -258,7 +264,7 @@ def activity_table(store: Store, wf_id: int) -> Table:
     for a in store.activities(wf_id):
         table.add_row(a.name, _styled(a.state.value),
                       "" if a.exit_code is None else str(a.exit_code), _duration(a),
-                      a.job_id or "", str(a.attempt), a.reason or "")
+                      a.job_id or "", str(a.attempt), escape(a.reason or ""))
     return table
 
 

@@ -1,0 +1,133 @@
+"""The embedded ``local`` process runtime, in-process, on scripts made by the real renderer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bridge.spec import parse_akoflow
+from runtimes import JobRequest, JobState, JobStatus, TrackedJob
+from runtimes.config import LOCAL
+from runtimes.process import ProcessRuntime
+from runtimes.render import render
+
+
+@pytest.fixture()
+def runtimes() -> Iterator[Callable[[], ProcessRuntime]]:
+    """Fresh ProcessRuntime instances (several of them model bridge restarts)."""
+    made: list[ProcessRuntime] = []
+
+    def make() -> ProcessRuntime:
+        made.append(ProcessRuntime(LOCAL))
+        return made[-1]
+
+    yield make
+    for rt in made:  # never leave a job running after a test
+        rt.cancel(list(rt._children))
+        for proc in rt._children.values():
+            proc.wait(timeout=5)
+        rt.close()
+
+
+def request(tmp_path: Path, run: str, name: str = "step") -> JobRequest:
+    """A real rendered job for one activity running ``run`` (a YAML block scalar)."""
+    body = "".join(f"        {line}\n" for line in run.splitlines())
+    text = f"name: wf\nspec:\n  activities:\n    - name: {name}\n      run: |\n{body}"
+    wf = parse_akoflow(text).workflow
+    jobdir = str(tmp_path / "jobs" / name / "1")
+    token = f"akb-test-1-{name}-1"
+    rendered = render(wf, wf.steps[0], LOCAL, workflow_id=1, token=token, jobdir=jobdir,
+                      attempt=1)
+    return JobRequest(token, jobdir, rendered.script, rendered.files)
+
+
+def submit(rt: ProcessRuntime, req: JobRequest) -> TrackedJob:
+    [result] = rt.submit([req])
+    assert result.token == req.token and result.error is None, result
+    assert result.job_id is not None and result.job_id.startswith("local-")
+    return TrackedJob(req.token, req.jobdir, result.job_id)
+
+
+def wait_end(rt: ProcessRuntime, job: TrackedJob, timeout: float = 10.0) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = rt.poll([job])[str(job.job_id)]
+        if status.state.terminal:
+            return status
+        assert status.state is JobState.RUNNING, status
+        assert time.monotonic() < deadline, f"job still {status.state} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_job_completes_with_exit_0_and_timestamps(runtimes: Callable[[], ProcessRuntime],
+                                                  tmp_path: Path) -> None:
+    rt = runtimes()
+    before = datetime.now(UTC)
+    job = submit(rt, request(tmp_path, "echo hello\necho oops >&2"))
+    assert Path(job.jobdir, "job.sh").read_text().startswith("#!/bin/bash\n")
+    status = wait_end(rt, job)
+    after = datetime.now(UTC)
+    assert status.state is JobState.COMPLETED
+    assert status.exit_code == 0
+    assert status.started_at is not None and status.finished_at is not None
+    slack = timedelta(seconds=1)
+    assert before - slack <= status.started_at <= status.finished_at <= after + slack
+    assert rt.read_log(job) == b"hello\n"
+    assert rt.read_log(job, "err") == b"oops\n"
+    assert rt.calls["spawn"] == 1
+
+
+def test_nonzero_exit_is_failed_with_its_code(runtimes: Callable[[], ProcessRuntime],
+                                              tmp_path: Path) -> None:
+    rt = runtimes()
+    status = wait_end(rt, submit(rt, request(tmp_path, "echo before\nexit 7\necho after")))
+    assert status.state is JobState.FAILED
+    assert status.exit_code == 7
+
+
+def test_cancel_ends_a_long_job_as_cancelled(runtimes: Callable[[], ProcessRuntime],
+                                             tmp_path: Path) -> None:
+    rt = runtimes()
+    job = submit(rt, request(tmp_path, "sleep 30"))
+    time.sleep(0.3)  # let bash reach the sleep
+    assert rt.poll([job])[str(job.job_id)].state is JobState.RUNNING
+    started = time.monotonic()
+    rt.cancel([str(job.job_id)])
+    status = wait_end(rt, job, timeout=5)
+    assert time.monotonic() - started < 5
+    assert status.state is JobState.CANCELLED
+    assert status.exit_code == 143  # the script's TERM trap
+    assert rt.calls["kill"] == 1
+
+
+def test_restarted_runtime_finds_and_follows_an_old_job(runtimes: Callable[[], ProcessRuntime],
+                                                        tmp_path: Path) -> None:
+    old = runtimes()
+    req = request(tmp_path, "sleep 0.5\necho survived")
+    job = submit(old, req)
+    new = runtimes()  # the bridge restarted: this instance never spawned the job
+    unconfirmed = TrackedJob(req.token, req.jobdir)
+    assert new.find([unconfirmed]) == {req.token: job.job_id}
+    assert new.find([TrackedJob("akb-test-other", str(tmp_path / "nowhere"))]) == {}
+    assert new.poll([job])[str(job.job_id)].state is JobState.RUNNING
+    status = wait_end(new, job)
+    assert status.state is JobState.COMPLETED
+    assert status.exit_code == 0
+    assert status.started_at is not None and status.finished_at is not None
+    assert status.finished_at - status.started_at >= timedelta(seconds=0.4)
+    assert new.read_log(job) == b"survived\n"
+    assert new.calls["spawn"] == 0
+
+
+def test_restarted_runtime_reports_an_old_failure(runtimes: Callable[[], ProcessRuntime],
+                                                  tmp_path: Path) -> None:
+    old = runtimes()
+    job = submit(old, request(tmp_path, "exit 5"))
+    time.sleep(0.3)  # ended before the restart; nobody has polled it
+    status = wait_end(runtimes(), job, timeout=5)
+    assert status.state is JobState.FAILED
+    assert status.exit_code == 5
