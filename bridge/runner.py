@@ -31,6 +31,10 @@ from runtimes.render import RenderError, job_token, render
 log = structlog.get_logger("akobridge.runner")
 
 
+SUBMIT_CHUNK = 32
+"""Job ids are committed after every chunk of this many submissions."""
+
+
 class SubmissionError(ValueError):
     """A workflow cannot be accepted for running (unknown cluster, unrenderable step)."""
 
@@ -139,7 +143,7 @@ class Bridge:
             for a in attempts:
                 if a.token in found:
                     log.info("adopted job after restart", token=a.token, job=found[a.token])
-                    self._record_submitted(a, found[a.token])
+                    self._record_submitted([(a, found[a.token])])
 
     # -- poll -------------------------------------------------------------------------------
     def _poll(self) -> bool:
@@ -195,15 +199,17 @@ class Bridge:
         for wf in self.store.workflows(active_only=True, limit=1_000_000):
             acts = self.store.activities(wf.id)
             by_name = {a.name: a for a in acts}
+            ready: list[ActivityRow] = []
             for action in engine.plan([_view(a) for a in acts], now):
                 if isinstance(action, engine.Submit):
-                    changed |= self._new_attempt(wf, by_name[action.name])
+                    ready.append(by_name[action.name])
                     continue
                 if isinstance(action, engine.Skip):
                     self._skip(wf, by_name[action.name], action.reason)
                 else:
                     self._finish(wf, action.state)
                 changed = True
+            changed |= self._new_attempts(wf, ready)
         return changed
 
     def _skip(self, wf: WorkflowRow, act: ActivityRow, reason: str) -> None:
@@ -235,31 +241,37 @@ class Bridge:
 
     # -- submit -----------------------------------------------------------------------------
     def _capacity(self, cluster: ClusterConfig, want: int) -> int:
-        live = self.store.live_count(cluster.name)
-        room = max(0, cluster.slurm.max_jobs_in_queue - live)
+        """How many of ``want`` new jobs the queue limit and the submit rate allow now."""
+        room = max(0, cluster.slurm.max_jobs_in_queue - self.store.live_count(cluster.name))
         bucket = self._buckets.setdefault(cluster.name, _Bucket(
             cluster.slurm.max_submit_per_minute, cluster.slurm.max_submit_per_minute,
             time.monotonic()))
         return bucket.take(min(want, room), time.monotonic())
 
-    def _new_attempt(self, wf: WorkflowRow, act: ActivityRow) -> bool:
-        """Commit a SUBMITTING attempt (token, job dir) before anything reaches Slurm."""
-        cluster = self.cluster(act.spec.runtime or wf.runtime)
-        if self._capacity(cluster, 1) < 1:
+    def _new_attempts(self, wf: WorkflowRow, ready: list[ActivityRow]) -> bool:
+        """Commit SUBMITTING attempts (token, job dir) before anything reaches Slurm."""
+        by_cluster: dict[str, list[ActivityRow]] = defaultdict(list)
+        for act in ready:
+            by_cluster[act.spec.runtime or wf.runtime].append(act)
+        rows: list[tuple[int, int, str, str, str]] = []
+        for name, acts in by_cluster.items():
+            cluster = self.cluster(name)
+            workdir = cluster.workdir or str(self.state_dir / "jobs")
+            for act in acts[: self._capacity(cluster, len(acts))]:
+                number = act.attempt + 1
+                rows.append((act.id, number, job_token(self.store.instance, wf.id, act.id, number),
+                             cluster.name, f"{workdir}/{wf.name}-{wf.id}/{act.name}/{number}"))
+        if not rows:
             return False
-        number = act.attempt + 1
-        token = job_token(self.store.instance, wf.id, act.id, number)
-        workdir = cluster.workdir or str(self.state_dir / "jobs")
-        jobdir = f"{workdir}/{wf.name}-{wf.id}/{act.name}/{number}"
         with self.store.transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO attempts(activity_id, number, token, cluster, jobdir, state)"
-                " VALUES (?,?,?,?,?, 'SUBMITTING')",
-                (act.id, number, token, cluster.name, jobdir),
+                " VALUES (?,?,?,?,?, 'SUBMITTING')", rows,
             )
-            db.execute(
+            db.executemany(
                 "UPDATE activities SET state='SUBMITTING', attempt=?, retry_at=NULL,"
-                " exit_code=NULL, reason=NULL, job_id=NULL WHERE id=?", (number, act.id),
+                " exit_code=NULL, reason=NULL, job_id=NULL WHERE id=?",
+                [(number, act_id) for act_id, number, *_ in rows],
             )
         return True
 
@@ -283,25 +295,32 @@ class Bridge:
                     continue
                 requests.append(JobRequest(a.token, a.jobdir, rendered.script, rendered.files))
             by_token = {a.token: a for a in attempts}
-            for result in self.runtime(cluster_name).submit(requests):
-                attempt = by_token[result.token]
-                if result.job_id is None:
-                    log.warning("submission failed", token=result.token, error=result.error)
-                    self._observe(attempt, JobStatus(
-                        JobState.FAILED, None, f"submission failed: {result.error}"))
-                else:
-                    self._record_submitted(attempt, result.job_id)
+            runtime = self.runtime(cluster_name)
+            for start in range(0, len(requests), SUBMIT_CHUNK):
+                results = runtime.submit(requests[start:start + SUBMIT_CHUNK])
+                done = [(by_token[r.token], str(r.job_id)) for r in results if r.job_id]
+                self._record_submitted(done)
+                for r in results:
+                    if r.job_id is None:
+                        log.warning("submission failed", token=r.token, error=r.error)
+                        self._observe(by_token[r.token], JobStatus(
+                            JobState.FAILED, None, f"submission failed: {r.error}"))
         return bool(pending)
 
-    def _record_submitted(self, attempt: AttemptRow, job_id: str) -> None:
+    def _record_submitted(self, submitted: list[tuple[AttemptRow, str]]) -> None:
+        """Commit the job ids of attempts that sbatch accepted (one transaction)."""
+        if not submitted:
+            return
         now = iso(self.clock())
         with self.store.transaction() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE attempts SET job_id=?, state='QUEUED', submitted_at=? WHERE id=?",
-                (job_id, now, attempt.id),
+                [(job_id, now, a.id) for a, job_id in submitted],
             )
-            db.execute("UPDATE activities SET job_id=?, state='QUEUED' WHERE id=?",
-                       (job_id, attempt.activity_id))
+            db.executemany(
+                "UPDATE activities SET job_id=?, state='QUEUED' WHERE id=?",
+                [(job_id, a.activity_id) for a, job_id in submitted],
+            )
 
 
 def _view(act: ActivityRow) -> ActivityView:

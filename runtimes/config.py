@@ -36,6 +36,8 @@ class SlurmSettings(_Strict):
     """Seconds between two reads of the jobs' exit-code files (no controller RPC)."""
     accounting: Literal["auto", "sacct", "none"] = "auto"
     max_submit_per_minute: int = Field(default=600, ge=1)
+    submit_concurrency: int = Field(default=4, ge=1, le=16)
+    """sbatch calls in flight at once (1 = strictly one after another)."""
     max_jobs_in_queue: int = Field(default=1000, ge=1)
 
     @field_validator("partition", "account", "qos")

@@ -71,13 +71,15 @@ class LocalTransport(Transport):
         )
 
     def write_files(self, files: Mapping[str, bytes], *, mode: int = 0o644) -> None:
+        made: set[Path] = set()
         for name, data in files.items():
             path = Path(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.chmod(mode)
-            tmp.replace(path)
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
 
     def read_files(self, paths: Iterable[str]) -> dict[str, bytes | None]:
         out: dict[str, bytes | None] = {}

@@ -8,9 +8,11 @@ that tells their fate. Without accounting, ``scontrol show job`` replaces sacct.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from runtimes.base import JobRequest, JobState, JobStatus, Runtime, Submitted, TrackedJob
 from runtimes.config import ClusterConfig
@@ -42,10 +44,13 @@ class SlurmRuntime(Runtime):
             cluster.slurm.accounting
         )
         self._unknown_since: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- commands ---------------------------------------------------------------------------
     def _run(self, argv: list[str], stdin: bytes | None = None) -> Completed:
-        self.calls[argv[0]] += 1
+        with self._lock:
+            self.calls[argv[0]] += 1
         return self.transport.run(argv, stdin=stdin)
 
     def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
@@ -58,17 +63,27 @@ class SlurmRuntime(Runtime):
         except OSError as exc:
             error = f"cannot write job directory: {exc}"
             return [Submitted(r.token, None, error) for r in requests]
-        out: list[Submitted] = []
-        for req in requests:
-            res = self._run(cmd.sbatch_argv(f"{req.jobdir}/{SCRIPT_FILE}"))
-            if not res.ok:
-                out.append(Submitted(req.token, None, (res.stderr or res.stdout).strip()))
-                continue
-            try:
-                out.append(Submitted(req.token, cmd.parse_sbatch(res.stdout)))
-            except ValueError as exc:
-                out.append(Submitted(req.token, None, str(exc)))
-        return out
+        if len(requests) == 1 or self.cluster.slurm.submit_concurrency == 1:
+            return [self._sbatch(r) for r in requests]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.cluster.slurm.submit_concurrency,
+                                            thread_name_prefix=f"sbatch-{self.name}")
+        return list(self._pool.map(self._sbatch, requests))
+
+    def _sbatch(self, req: JobRequest) -> Submitted:
+        res = self._run(cmd.sbatch_argv(f"{req.jobdir}/{SCRIPT_FILE}"))
+        if not res.ok:
+            return Submitted(req.token, None, (res.stderr or res.stdout).strip())
+        try:
+            return Submitted(req.token, cmd.parse_sbatch(res.stdout))
+        except ValueError as exc:
+            return Submitted(req.token, None, str(exc))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self.transport.close()
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
