@@ -175,17 +175,15 @@ class Bridge:
         with self.store.transaction() as db:
             db.execute(
                 "UPDATE attempts SET state=?, exit_code=?, reason=?,"
-                " started_at=coalesce(started_at, ?), finished_at=? WHERE id=?",
+                " started_at=coalesce(?, started_at), finished_at=? WHERE id=?",
                 (status.state.value, status.exit_code, status.reason, iso(started),
                  iso(finished), attempt.id),
             )
             db.execute(
                 "UPDATE activities SET state=?, exit_code=?, reason=?, retry_at=?,"
-                " started_at=CASE WHEN ? IS NULL THEN started_at ELSE ? END, finished_at=?"
-                " WHERE id=?",
+                " started_at=coalesce(?, started_at), finished_at=? WHERE id=?",
                 (tr.state.value, status.exit_code, status.reason, iso(tr.retry_at),
-                 iso(started), iso(started), iso(finished if tr.state.terminal else None),
-                 act.id),
+                 iso(started), iso(finished if tr.state.terminal else None), act.id),
             )
             if tr.state.terminal:
                 self._emit_activity(db, act.workflow_id, act.id, attempt.cluster)
