@@ -27,6 +27,7 @@ from bridge.store import ActivityRow, AttemptRow, Store, WorkflowRow, iso, now_u
 from runtimes import JobRequest, JobState, JobStatus, Runtime, TrackedJob, open_runtime
 from runtimes.config import ClusterConfig, Clusters, UnknownCluster
 from runtimes.render import RenderError, job_token, render
+from runtimes.transport import TransportError
 
 log = structlog.get_logger("akobridge.runner")
 
@@ -71,6 +72,8 @@ class Bridge:
         self._runtime_factory = runtime_factory
         self._buckets: dict[str, _Bucket] = {}
         self._reconciled = False
+        self._unreachable: set[str] = set()
+        """Clusters with unconfirmed submissions to look up before submitting more."""
 
     # -- intake -----------------------------------------------------------------------------
     def cluster(self, name: str) -> ClusterConfig:
@@ -105,8 +108,7 @@ class Bridge:
     def cycle(self) -> bool:
         """One round: reconcile (first time), poll, plan, submit. True if anything changed."""
         if not self._reconciled:
-            self._reconcile()
-            self._reconciled = True
+            self._reconciled = self._reconcile()
         changed = self._poll()
         changed |= self._advance()
         changed |= self._submit_pending()
@@ -130,20 +132,31 @@ class Bridge:
             time.sleep(0.01 if changed else idle_s)
 
     # -- reconcile --------------------------------------------------------------------------
-    def _reconcile(self) -> None:
-        """Adopt jobs whose submission was not confirmed before a crash."""
+    def _reconcile(self) -> bool:
+        """Adopt jobs whose submission was not confirmed (a crash, a lost connection).
+
+        True when every cluster answered; attempts not found stay SUBMITTING and are
+        submitted by this cycle.
+        """
+        self._unreachable.clear()
         unconfirmed = [a for a in self.store.live_attempts() if a.job_id is None]
         by_cluster: dict[str, list[AttemptRow]] = defaultdict(list)
         for a in unconfirmed:
             by_cluster[a.cluster].append(a)
         for cluster, attempts in by_cluster.items():
-            found = self.runtime(cluster).find(
-                [TrackedJob(a.token, a.jobdir) for a in attempts]
-            )
+            try:
+                found = self.runtime(cluster).find(
+                    [TrackedJob(a.token, a.jobdir) for a in attempts]
+                )
+            except TransportError as exc:
+                log.warning("cannot reach cluster", cluster=cluster, error=str(exc))
+                self._unreachable.add(cluster)
+                continue
             for a in attempts:
                 if a.token in found:
                     log.info("adopted job after restart", token=a.token, job=found[a.token])
                     self._record_submitted([(a, found[a.token])])
+        return not self._unreachable
 
     # -- poll -------------------------------------------------------------------------------
     def _poll(self) -> bool:
@@ -153,9 +166,13 @@ class Bridge:
             by_cluster[a.cluster].append(a)
         changed = False
         for cluster, attempts in by_cluster.items():
-            statuses = self.runtime(cluster).poll(
-                [TrackedJob(a.token, a.jobdir, a.job_id) for a in attempts]
-            )
+            try:
+                statuses = self.runtime(cluster).poll(
+                    [TrackedJob(a.token, a.jobdir, a.job_id) for a in attempts]
+                )
+            except TransportError as exc:
+                log.warning("cannot reach cluster", cluster=cluster, error=str(exc))
+                continue
             for a in attempts:
                 status = statuses.get(str(a.job_id))
                 if status is not None and (status.state.value != a.state.value
@@ -279,6 +296,8 @@ class Bridge:
         for a in pending:
             by_cluster[a.cluster].append(a)
         for cluster_name, attempts in by_cluster.items():
+            if cluster_name in self._unreachable:
+                continue  # its unconfirmed submissions must be looked up first
             cluster = self.cluster(cluster_name)
             requests: list[JobRequest] = []
             for a in attempts:
@@ -298,6 +317,12 @@ class Bridge:
                 results = runtime.submit(requests[start:start + SUBMIT_CHUNK])
                 done = [(by_token[r.token], str(r.job_id)) for r in results if r.job_id]
                 self._record_submitted(done)
+                if any(r.lost for r in results):
+                    log.warning("connection lost while submitting; looking the jobs up by name",
+                                cluster=cluster_name)
+                    self._unreachable.add(cluster_name)
+                    self._reconciled = False
+                    break
                 for r in results:
                     if r.job_id is None:
                         log.warning("submission failed", token=r.token, error=r.error)

@@ -12,11 +12,12 @@ def open_runtime(cluster: ClusterConfig) -> Runtime:
         from runtimes.process import ProcessRuntime
 
         return ProcessRuntime(cluster)
-    if cluster.transport == "ssh":
-        raise NotImplementedError(
-            f"cluster {cluster.name}: the ssh transport is not available yet; use transport: local"
-        )
     from runtimes.slurm import SlurmRuntime
+
+    if cluster.transport == "ssh":
+        from runtimes.ssh import SSHTransport
+
+        return SlurmRuntime(cluster, SSHTransport(cluster))
     from runtimes.transport import LocalTransport
 
     return SlurmRuntime(cluster, LocalTransport(cluster.env))

@@ -49,6 +49,8 @@ class Submitted:
     token: str
     job_id: str | None
     error: str | None = None
+    lost: bool = False
+    """The connection broke during submission: the job may exist; look it up by token."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
@@ -20,6 +27,63 @@ _OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@%/+=-]+)?$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^\[?[0-9A-Fa-f:.]+\]?$")
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+_JUMP = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?$")
+
+
+class SSHSettings(_Strict):
+    """How to reach a cluster's login node. Host keys are always verified."""
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str | None = None
+    """Login name (default: the bridge's own user)."""
+    key_file: str | None = None
+    """Private key file; without it, the SSH agent and ~/.ssh/id_* are tried."""
+    use_agent: bool = True
+    known_hosts: str | None = None
+    """known_hosts file to verify the host key (default ~/.ssh/known_hosts)."""
+    host_key_fingerprint: str | None = None
+    """Pinned host key, ``SHA256:…`` as ``ssh-keygen -lf`` prints it (instead of known_hosts)."""
+    proxy_jump: str | None = None
+    """``[user@]host[:port]`` of a jump host (its key is checked against the same known_hosts)."""
+    connect_timeout: float = Field(default=15.0, gt=0)
+    keepalive: float = Field(default=30.0, ge=0)
+    """Seconds between keepalive packets (0 = none)."""
+    command_timeout: float = Field(default=120.0, gt=0)
+    reconnect_attempts: int = Field(default=8, ge=1)
+    reconnect_max_delay: float = Field(default=30.0, gt=0)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not _HOST.match(v):
+            raise ValueError("not a host name or address")
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return v
+
+    @field_validator("host_key_fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        if v is not None and not _FINGERPRINT.match(v):
+            raise ValueError("must look like SHA256:<43 base64 characters> (ssh-keygen -lf)")
+        return v
+
+    @field_validator("proxy_jump")
+    @classmethod
+    def _jump(cls, v: str | None) -> str | None:
+        if v is not None and not _JUMP.match(v):
+            raise ValueError("must be [user@]host[:port]")
+        return v
 
 
 class SlurmSettings(_Strict):
@@ -35,6 +99,8 @@ class SlurmSettings(_Strict):
     marker_interval: float = Field(default=0.5, gt=0)
     """Seconds between two reads of the jobs' exit-code files (no controller RPC)."""
     accounting: Literal["auto", "sacct", "none"] = "auto"
+    backend: Literal["cli", "pyslurm"] = "cli"
+    """``pyslurm`` (local transport only) needs a pyslurm built for this Slurm release."""
     max_submit_per_minute: int = Field(default=600, ge=1)
     submit_concurrency: int = Field(default=4, ge=1, le=16)
     """sbatch calls in flight at once (1 = strictly one after another)."""
@@ -67,6 +133,16 @@ class ContainerSettings(_Strict):
     engine: Literal["singularity", "apptainer", "none"] = "singularity"
     exec_flags: tuple[str, ...] = ()
     """Extra flags for ``<engine> exec`` (e.g. ``--nv``, ``--cleanenv``)."""
+    image_cache: str | None = None
+    """Where ``docker://``/``library://`` images are pulled to on the cluster (default
+    ``<workdir>/images``)."""
+
+    @field_validator("image_cache")
+    @classmethod
+    def _cache(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^/[A-Za-z0-9._/+@%=,~-]*$", v):
+            raise ValueError("must be an absolute path of letters, digits and ._/+@%=,~-")
+        return v
 
     @field_validator("exec_flags")
     @classmethod
@@ -91,8 +167,24 @@ class ClusterConfig(_Strict):
     """Shell lines run before the container (e.g. ``module load singularity``)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment for the Slurm commands (e.g. ``SLURM_CONF``)."""
+    ssh: SSHSettings | None = None
+    """Required with ``transport: ssh``."""
     slurm: SlurmSettings = SlurmSettings()
     container: ContainerSettings = ContainerSettings()
+
+    @model_validator(mode="after")
+    def _transport_needs(self) -> ClusterConfig:
+        if self.transport == "ssh":
+            if self.ssh is None:
+                raise ValueError("transport: ssh needs an ssh: section (host, user, key_file...)")
+            if self.workdir is None:
+                raise ValueError("transport: ssh needs workdir: (the job directories' root on "
+                                 "the cluster)")
+            if self.kind == "process":
+                raise ValueError("kind: process runs jobs on this machine; use transport: local")
+            if self.slurm.backend == "pyslurm":
+                raise ValueError("slurm.backend: pyslurm works only with transport: local")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -50,17 +50,31 @@ def slurm_cluster() -> Path:
     return LAB
 
 
-@pytest.fixture()
-def devslurm(slurm_cluster: Path, tmp_path: Path) -> ClusterConfig:
-    """configs/devslurm.yaml with job directories under this test's tmp dir."""
-    base = load_cluster(REPO / "configs" / "devslurm.yaml")
+def lab_cluster(transport: str, tmp_path: Path) -> ClusterConfig:
+    """The test cluster's config for ``transport`` (configs/devslurm*.yaml), job directories
+    under this test's tmp dir and short poll intervals."""
+    name = "devslurm.yaml" if transport == "local" else "devslurm-ssh.yaml"
+    base = load_cluster(REPO / "configs" / name)
     jobs = tmp_path / "jobs"
-    jobs.mkdir()
+    jobs.mkdir(exist_ok=True)
     return base.model_copy(update={
+        "name": "devslurm",  # the same name over both transports: tests read runtimes by it
         "workdir": str(jobs),
         "env": {**base.env, "SLURM_CONF": SLURM_CONF},
         "slurm": base.slurm.model_copy(update={"poll_interval": 0.5, "marker_interval": 0.2}),
     })
+
+
+@pytest.fixture(params=["local", "ssh"])
+def devslurm(request: pytest.FixtureRequest, slurm_cluster: Path,
+             tmp_path: Path) -> ClusterConfig:
+    """The test cluster over the local transport, then over SSH: the same test code."""
+    return lab_cluster(request.param, tmp_path)
+
+
+@pytest.fixture()
+def devslurm_local(slurm_cluster: Path, tmp_path: Path) -> ClusterConfig:
+    return lab_cluster("local", tmp_path)
 
 
 @dataclass

@@ -12,13 +12,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from runtimes.base import JobRequest, JobState, JobStatus, Runtime, Submitted, TrackedJob
 from runtimes.config import ClusterConfig
 from runtimes.jobdir import SCRIPT_FILE, Marker, marker_path, parse_marker
 from runtimes.slurm import commands as cmd
-from runtimes.transport import Completed, Transport
+from runtimes.transport import Completed, Transport, TransportError
 
 VANISHED_AFTER_S = 60.0
 """A job that neither squeue, sacct nor its marker knows for this long is declared lost."""
@@ -45,7 +44,6 @@ class SlurmRuntime(Runtime):
         )
         self._unknown_since: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
 
     # -- commands ---------------------------------------------------------------------------
     def _run(self, argv: list[str], stdin: bytes | None = None) -> Completed:
@@ -63,26 +61,17 @@ class SlurmRuntime(Runtime):
         except OSError as exc:
             error = f"cannot write job directory: {exc}"
             return [Submitted(r.token, None, error) for r in requests]
-        if len(requests) == 1 or self.cluster.slurm.submit_concurrency == 1:
-            return [self._sbatch(r) for r in requests]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.cluster.slurm.submit_concurrency,
-                                            thread_name_prefix=f"sbatch-{self.name}")
-        return list(self._pool.map(self._sbatch, requests))
-
-    def _sbatch(self, req: JobRequest) -> Submitted:
-        res = self._run(cmd.sbatch_argv(f"{req.jobdir}/{SCRIPT_FILE}"))
-        if not res.ok:
-            return Submitted(req.token, None, (res.stderr or res.stdout).strip())
+        argvs = [cmd.sbatch_argv(f"{r.jobdir}/{SCRIPT_FILE}") for r in requests]
+        with self._lock:
+            self.calls["sbatch"] += len(argvs)
         try:
-            return Submitted(req.token, cmd.parse_sbatch(res.stdout))
-        except ValueError as exc:
-            return Submitted(req.token, None, str(exc))
+            results = self.transport.run_many(
+                argvs, concurrency=self.cluster.slurm.submit_concurrency, retry=False)
+        except TransportError as exc:  # sbatch may or may not have run: find out by name
+            return [Submitted(r.token, None, str(exc), lost=True) for r in requests]
+        return [_submitted(r.token, res) for r, res in zip(requests, results, strict=True)]
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
         self.transport.close()
 
     def cancel(self, job_ids: Sequence[str]) -> None:
@@ -223,3 +212,12 @@ class SlurmRuntime(Runtime):
                 if marker and marker.job_id:
                     found[job.token] = marker.job_id
         return found
+
+
+def _submitted(token: str, res: Completed) -> Submitted:
+    if not res.ok:
+        return Submitted(token, None, (res.stderr or res.stdout).strip())
+    try:
+        return Submitted(token, cmd.parse_sbatch(res.stdout))
+    except ValueError as exc:
+        return Submitted(token, None, str(exc))
