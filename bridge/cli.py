@@ -125,8 +125,8 @@ def render_cmd(ctx: click.Context, file: Path, runtime: str | None,
     clusters = _clusters(ctx, clusters_dir_local)
     for i, step in enumerate(wf.steps, start=1):
         try:
-            cluster = clusters.require(step.runtime or wf.runtime)
-            workdir = cluster.workdir or str(ctx.obj["state_dir"] / "jobs")
+            cluster = clusters.require(step.runtime or wf.runtime).resolved(ctx.obj["state_dir"])
+            workdir = cluster.workdir
             rendered = render(wf, step, cluster, workflow_id=0, attempt=1,
                               token=job_token("render", 0, i, 1),
                               jobdir=f"{workdir}/{wf.name}-0/{step.name}/1")
@@ -240,6 +240,37 @@ def status(ctx: click.Context, workflow_id: int | None) -> None:
     if store.workflow(workflow_id) is None:
         fail(f"no workflow with id {workflow_id}")
     out.print(activity_table(store, workflow_id))
+
+
+@main.command()
+@click.argument("workflow_id", type=int)
+@click.option("--get", "get_path", metavar="PATH",
+              help="Download this file or directory (relative to a listed root, or absolute).")
+@click.option("--to", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              help="Where --get puts it (default: the current directory).")
+@_clusters_option
+@click.pass_context
+def artifacts(ctx: click.Context, workflow_id: int, get_path: str | None, to: Path,
+              clusters_dir_local: str | None) -> None:
+    """List a workflow's files on its cluster, or download one file or directory."""
+    from bridge.artifacts import ArtifactError, WorkflowFiles, table
+    from runtimes.transport import TransportError
+
+    store = _open_store(ctx)
+    bridge = Bridge(store, _clusters(ctx, clusters_dir_local), ctx.obj["state_dir"])
+    try:
+        files = WorkflowFiles(store, bridge, workflow_id)
+        if get_path is None:
+            out.print(table(files.list(), f"#{workflow_id} files"))
+            return
+        count, size = files.get(get_path, to)
+    except ArtifactError as exc:
+        fail(str(exc))
+    except (OSError, TransportError) as exc:  # unreachable cluster, tar or disk errors
+        fail(str(exc), 1)
+    finally:
+        bridge.close()
+    say("fetched", f"{count} file(s), {size} bytes into {to}")
 
 
 def _duration(a: ActivityRow) -> str:

@@ -93,6 +93,7 @@ def workflow_payload(
             "RawWorkflow": b64(wf.raw),
             "Status": STATUS_CODES[state.value],
             "State": state.value,
+            "Reason": wf.reason,
             "Activities": counts,
             "CreatedAt": stamp(wf.created_at),
             "FinishedAt": stamp(at),

@@ -9,6 +9,7 @@ or doubled, whatever instant the bridge was killed at.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections import defaultdict
@@ -22,10 +23,11 @@ import structlog
 from bridge import engine
 from bridge.engine import ActivityView, WorkflowState
 from bridge.events import ACTIVITY_COMPLETED, WORKFLOW_DONE, activity_payload, workflow_payload
-from bridge.spec.model import Workflow
+from bridge.spec.model import Volume, Workflow
 from bridge.store import ActivityRow, AttemptRow, Store, WorkflowRow, iso, now_utc
 from runtimes import JobRequest, JobState, JobStatus, Runtime, TrackedJob, open_runtime
 from runtimes.config import ClusterConfig, Clusters, UnknownCluster
+from runtimes.images import prepare_images
 from runtimes.render import RenderError, job_token, render
 from runtimes.transport import TransportError
 
@@ -78,7 +80,7 @@ class Bridge:
     # -- intake -----------------------------------------------------------------------------
     def cluster(self, name: str) -> ClusterConfig:
         try:
-            return self.clusters.require(name)
+            return self.clusters.require(name).resolved(self.state_dir)
         except UnknownCluster as exc:
             raise SubmissionError(str(exc)) from None
 
@@ -212,6 +214,9 @@ class Bridge:
         changed = False
         now = self.clock()
         for wf in self.store.workflows(active_only=True, limit=1_000_000):
+            if wf.prepared_at is None:
+                changed |= self._prepare(wf)
+                continue
             acts = self.store.activities(wf.id)
             by_name = {a.name: a for a in acts}
             ready: list[ActivityRow] = []
@@ -221,11 +226,89 @@ class Bridge:
                     continue
                 if isinstance(action, engine.Skip):
                     self._skip(wf, by_name[action.name], action.reason)
-                else:
+                elif self._stage_out(wf):
                     self._finish(wf, action.state)
                 changed = True
             changed |= self._new_attempts(wf, ready)
         return changed
+
+    # -- before the first and after the last activity ---------------------------------------
+    def _staged_volumes(self, wf: WorkflowRow) -> list[Volume]:
+        """Volumes whose two sides differ: a remote cluster, or a local copy A → B."""
+        cluster = self.cluster(wf.runtime)
+        return [v for v in wf.spec.volumes
+                if cluster.transport == "ssh" or os.path.normpath(v.source)
+                != os.path.normpath(v.target)]
+
+    def _prepare(self, wf: WorkflowRow) -> bool:
+        """Stage the volumes in, then check (and pull) the images; fail the workflow early
+        when something is missing. False while a cluster cannot be reached."""
+        problems: list[str] = []
+        try:
+            transport = self.runtime(wf.runtime).transport
+            for v in self._staged_volumes(wf):
+                from runtimes.staging import stage_in
+
+                try:
+                    report = stage_in(transport, v.source, v.target)
+                except (OSError, ValueError) as exc:
+                    problems.append(f"staging {v.source} to {v.target} failed: {exc}")
+                    continue
+                log.info("staged in", workflow=wf.id, source=v.source, target=v.target,
+                         files=report.files_sent, bytes=report.bytes_sent)
+            images: dict[str, set[str]] = defaultdict(set)
+            for step in wf.spec.steps:
+                image = step.image or wf.spec.image
+                if image:
+                    images[step.runtime or wf.runtime].add(image)
+            for name, wanted in images.items():
+                problems += prepare_images(self.runtime(name).transport, self.cluster(name),
+                                           wanted)
+        except TransportError as exc:
+            log.warning("cannot prepare workflow yet", workflow=wf.id, error=str(exc))
+            return False
+        if problems:
+            self._fail_before_start(wf, "; ".join(problems))
+            return True
+        with self.store.transaction() as db:
+            db.execute("UPDATE workflows SET prepared_at=? WHERE id=?",
+                       (iso(self.clock()), wf.id))
+        return True
+
+    def _fail_before_start(self, wf: WorkflowRow, reason: str) -> None:
+        """Nothing was submitted: every activity is SKIPPED, the workflow FAILED."""
+        now = self.clock()
+        with self.store.transaction() as db:
+            db.execute("UPDATE activities SET state='SKIPPED', reason=?, finished_at=?"
+                       " WHERE workflow_id=?", (f"workflow failed before start: {reason}",
+                                                iso(now), wf.id))
+            for act_id in self.store.activity_ids(wf.id).values():
+                self._emit_activity(db, wf.id, act_id, wf.runtime)
+            self._finish_in(db, wf, WorkflowState.FAILED, now, reason)
+        log.warning("workflow failed before start", workflow=wf.id, reason=reason)
+
+    def _stage_out(self, wf: WorkflowRow) -> bool:
+        """Bring the staged volumes back; False while the cluster cannot be reached."""
+        volumes = self._staged_volumes(wf)
+        if not volumes or wf.staged_out_at is not None:
+            return True
+        from runtimes.staging import stage_out
+
+        problems: list[str] = []
+        try:
+            transport = self.runtime(wf.runtime).transport
+            for v in volumes:
+                try:
+                    stage_out(transport, v.target, v.source)
+                except (OSError, ValueError) as exc:
+                    problems.append(f"bringing {v.target} back to {v.source} failed: {exc}")
+        except TransportError as exc:
+            log.warning("cannot stage out yet", workflow=wf.id, error=str(exc))
+            return False
+        with self.store.transaction() as db:
+            db.execute("UPDATE workflows SET staged_out_at=?, reason=coalesce(?, reason)"
+                       " WHERE id=?", (iso(self.clock()), "; ".join(problems) or None, wf.id))
+        return True
 
     def _skip(self, wf: WorkflowRow, act: ActivityRow, reason: str) -> None:
         now = iso(self.clock())
@@ -237,13 +320,19 @@ class Bridge:
             self._emit_activity(db, wf.id, act.id, act.spec.runtime or wf.runtime)
 
     def _finish(self, wf: WorkflowRow, state: WorkflowState) -> None:
-        now = self.clock()
         with self.store.transaction() as db:
-            db.execute("UPDATE workflows SET state=?, finished_at=? WHERE id=?",
-                       (state.value, iso(now), wf.id))
-            payload = workflow_payload(wf, state, self.store.activities(wf.id), now)
-            Store.add_event(db, wf.id, WORKFLOW_DONE, payload, _urls(wf), now)
+            self._finish_in(db, wf, state, self.clock(), None)
         log.info("workflow done", workflow=wf.id, state=state.value)
+
+    def _finish_in(self, db: sqlite3.Connection, wf: WorkflowRow, state: WorkflowState,
+                   now: datetime, reason: str | None) -> None:
+        """Mark the workflow done and queue WORKFLOW_DONE (inside the caller's transaction)."""
+        db.execute("UPDATE workflows SET state=?, finished_at=?, reason=coalesce(?, reason)"
+                   " WHERE id=?", (state.value, iso(now), reason, wf.id))
+        row = self.store.workflow(wf.id)
+        assert row is not None
+        payload = workflow_payload(row, state, self.store.activities(wf.id), now)
+        Store.add_event(db, wf.id, WORKFLOW_DONE, payload, _urls(wf), now)
 
     def _emit_activity(self, db: sqlite3.Connection, wf_id: int, act_id: int,
                        cluster: str) -> None:
@@ -271,7 +360,7 @@ class Bridge:
         rows: list[tuple[int, int, str, str, str]] = []
         for name, acts in by_cluster.items():
             cluster = self.cluster(name)
-            workdir = cluster.workdir or str(self.state_dir / "jobs")
+            workdir = cluster.workdir
             for act in acts[: self._capacity(cluster, len(acts))]:
                 number = act.attempt + 1
                 rows.append((act.id, number, job_token(self.store.instance, wf.id, act.id, number),

@@ -66,6 +66,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX deliveries_pending ON deliveries(state, workflow_id, url, id);
     """,
+    # 2: the workflow phases around its activities (staging in and images, staging out)
+    """
+    ALTER TABLE workflows ADD COLUMN prepared_at TEXT;
+    ALTER TABLE workflows ADD COLUMN staged_out_at TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")
@@ -97,6 +102,9 @@ class WorkflowRow:
     reason: str | None
     created_at: datetime
     finished_at: datetime | None
+    prepared_at: datetime | None
+    """When staging in and the image checks were done (NULL: not yet)."""
+    staged_out_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -301,7 +309,8 @@ def _workflow(r: sqlite3.Row, spec: Workflow) -> WorkflowRow:
         source_format=r["source_format"], raw=r["raw"],
         spec=spec, state=WorkflowState(r["state"]),
         reason=r["reason"], created_at=datetime.fromisoformat(r["created_at"]),
-        finished_at=parse_iso(r["finished_at"]),
+        finished_at=parse_iso(r["finished_at"]), prepared_at=parse_iso(r["prepared_at"]),
+        staged_out_at=parse_iso(r["staged_out_at"]),
     )
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from runtimes.transport import Transport
+
 
 class JobState(StrEnum):
     """A job's state as the bridge understands it (Slurm's many states folded into these)."""
@@ -83,6 +85,8 @@ class Runtime(ABC):
     name: str
     calls: Counter[str]
     """How many times each external command (sbatch, squeue, sacct, ...) was run."""
+    transport: Transport
+    """Where the runtime's commands and files go (staging and image checks use it too)."""
 
     @abstractmethod
     def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:

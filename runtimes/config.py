@@ -172,6 +172,12 @@ class ClusterConfig(_Strict):
     slurm: SlurmSettings = SlurmSettings()
     container: ContainerSettings = ContainerSettings()
 
+    def resolved(self, state_dir: Path) -> ClusterConfig:
+        """This config with the defaults that depend on the bridge's state directory."""
+        if self.workdir:
+            return self
+        return self.model_copy(update={"workdir": str(state_dir / "jobs")})
+
     @model_validator(mode="after")
     def _transport_needs(self) -> ClusterConfig:
         if self.transport == "ssh":

@@ -30,7 +30,7 @@ class ProcessRuntime(Runtime):
     def __init__(self, cluster: ClusterConfig) -> None:
         self.name = cluster.name
         self.calls: Counter[str] = Counter()
-        self._files = LocalTransport()
+        self.transport: LocalTransport = LocalTransport()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._started: dict[str, datetime] = {}
         self._cancelled: set[str] = set()
@@ -39,7 +39,7 @@ class ProcessRuntime(Runtime):
         out = []
         for req in requests:
             try:
-                self._files.write_files({
+                self.transport.write_files({
                     **req.files, f"{req.jobdir}/{SCRIPT_FILE}": req.script.encode("utf-8"),
                 })
                 out.append(Submitted(req.token, self._spawn(req.jobdir)))
@@ -63,7 +63,7 @@ class ProcessRuntime(Runtime):
     def poll(self, jobs: Sequence[TrackedJob]) -> dict[str, JobStatus]:
         out: dict[str, JobStatus] = {}
         live = [j for j in jobs if j.job_id]
-        markers = self._files.read_files(marker_path(j.jobdir) for j in live)
+        markers = self.transport.read_files(marker_path(j.jobdir) for j in live)
         for job in live:
             job_id = str(job.job_id)
             proc = self._children.get(job_id)

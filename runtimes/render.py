@@ -15,6 +15,7 @@ from importlib import resources
 
 from bridge.spec.model import Step, Workflow
 from runtimes.config import ClusterConfig
+from runtimes.images import image_path
 from runtimes.jobdir import COMMAND_FILE
 
 _TEMPLATE = resources.files("runtimes").joinpath("templates/sbatch.sh").read_text("utf-8")
@@ -122,5 +123,5 @@ def _command(workflow: Workflow, step: Step, cluster: ClusterConfig, jobdir: str
     words = [engine, "exec", *cluster.container.exec_flags]
     for path in binds:
         words += ["--bind", path]
-    words += ["--pwd", workdir or jobdir, image]
+    words += ["--pwd", workdir or jobdir, image_path(image, cluster)]
     return " ".join(shlex.quote(w) for w in words) + " " + run

@@ -67,9 +67,11 @@ def test_seed_renders_to_the_golden_script() -> None:
 def _seed_for(tmp: Path, hook: str) -> tuple[str, Path]:
     """The seed with its paths under ``tmp``, its image a test file, its webhook ``hook``."""
     root = tmp / "p-inference-nemo"
-    (root / "sifs").mkdir(parents=True)
-    (root / "akf-wine-sdumont").mkdir()
-    (root / "sifs" / "p-inference-nemo.sif").write_bytes(b"not really an image")
+    sifs, wine = tmp / "data-akoflow" / "sifs", tmp / "data-akoflow" / "akf-wine-singularity"
+    sifs.mkdir(parents=True)
+    wine.mkdir()
+    (sifs / "p-inference-nemo.sif").write_bytes(b"not really an image")  # staged to root/sifs
+    (wine / "MLproject").write_text("name: tutorial\n")
     text = SEED.replace(SEED_ROOT, str(root)).replace("/data-akoflow/", f"{tmp}/data-akoflow/")
     text = text.replace("https://myhost.com/mypath/mywebhook", hook)
     return text, root
@@ -103,6 +105,9 @@ def test_seed_runs_and_both_webhooks_arrive(
     assert "conda stand-in: run -n tutorial mlflow run . --env-manager=local" in out
     mount = f"{root}/akf-wine-sdumont"
     assert f"cwd: {mount}" in out
+    # the volumes were staged in before the first activity
+    assert Path(mount, "MLproject").read_text() == "name: tutorial\n"
+    assert Path(root, "sifs", "p-inference-nemo.sif").read_bytes() == b"not really an image"
     if engine == "singularity":
         argv = Path(attempt.jobdir, "container-argv").read_bytes().split(b"\0")[1:-1]
         assert [a.decode() for a in argv] == [
