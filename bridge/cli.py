@@ -151,9 +151,13 @@ def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float
     state = ctx.obj["state_dir"]
     store = Store(state / config.DB_NAME)
     bridge = Bridge(store, clusters, state)
+    from runtimes.base import RuntimeFailure
+
     try:
+        for name in sorted({s.runtime or wf.runtime for s in wf.steps}):
+            bridge.runtime(name)  # refuse before storing, e.g. a pyslurm not built for Slurm
         wf_id = bridge.submit(wf)
-    except SubmissionError as exc:
+    except (SubmissionError, RuntimeFailure) as exc:
         fail(str(exc))
     err.print(f"workflow {wf.name!r} is #{wf_id} on [bold]{wf.runtime}[/bold] "
               f"(state: {escape(str(store.path))})", highlight=False)
@@ -162,6 +166,8 @@ def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float
 
 def follow(store: Store, bridge: Bridge, wf_ids: list[int], webhook_wait: float) -> int:
     """Drive the workflows to their end with a live table; 0 only if all completed."""
+    from runtimes.base import RuntimeFailure
+
     delivery = DeliveryLoop(store.path)
     delivery.start()
 
@@ -175,6 +181,9 @@ def follow(store: Store, bridge: Bridge, wf_ids: list[int], webhook_wait: float)
         err.print("interrupted: jobs keep running; `akobridge status` shows them and "
                   "`akobridge resume` follows them again")
         return 130
+    except RuntimeFailure as exc:  # e.g. slurm.backend: pyslurm without a matching pyslurm
+        say("[red]error:[/red]", str(exc))
+        return 2
     finally:
         bridge.close()
     deadline = time.monotonic() + webhook_wait
@@ -308,3 +317,45 @@ def workflow_table(rows: list[WorkflowRow]) -> Table:
                       w.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                       w.finished_at.strftime("%H:%M:%S") if w.finished_at else "")
     return table
+
+
+@main.group()
+def cluster() -> None:
+    """Cluster configs: check that a cluster is ready for the bridge."""
+
+
+@cluster.command("check")
+@click.argument("name")
+@_clusters_option
+@click.pass_context
+def cluster_check(ctx: click.Context, name: str, clusters_dir_local: str | None) -> None:
+    """Connect to cluster NAME and check what its config needs, in one batch of commands.
+
+    Exits 0 when every required check passed (warnings "!" allowed), 1 otherwise.
+    """
+    from runtimes.check import ClusterCheck, open_transport, passed
+
+    clusters = _clusters(ctx, clusters_dir_local)
+    cfg = clusters.get(name)
+    if cfg is None:
+        fail(f"no cluster config named {name!r} (known: {', '.join(clusters.names())})")
+    if not cfg.workdir:
+        cfg = cfg.model_copy(update={"workdir": str(ctx.obj["state_dir"] / "jobs")})
+    transport = open_transport(cfg)
+    check = ClusterCheck(cfg, transport)
+    try:
+        rows = check.run()
+    finally:
+        transport.close()
+    table = Table(title=f"cluster {cfg.name} ({cfg.transport})", title_justify="left")
+    for col in ("check", "status", "detail"):
+        table.add_column(col)
+    marks = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]![/yellow]"}
+    for check_name, ok, detail in rows:
+        table.add_row(check_name, marks[ok], escape(detail))
+    out.print(table)
+    for check_name, ok, detail in rows:
+        if ok is False:
+            say("[red]✗[/red]", f"{check_name}: {detail}")
+    out.print(escape(check.summary()), highlight=False, soft_wrap=True)
+    sys.exit(0 if passed(rows) else 1)

@@ -315,7 +315,8 @@ def test_render_for_a_container_cluster_needs_an_image(cli: Cli) -> None:
     ok = cli("render", cli.write("image.yaml", text.format(image=image)))
     assert ok.returncode == 0, ok.stderr
     assert "singularity exec --bind " in ok.stdout
-    assert "docker://alpine:3.19" in ok.stdout
+    # compute nodes have no internet: the job runs the copy pulled into the image cache
+    assert f" {cli.state}/jobs/images/alpine_3.19.sif /bin/bash" in ok.stdout
 
 
 # --- bad input --------------------------------------------------------------------------------
