@@ -348,8 +348,9 @@ def cluster_check(ctx: click.Context, name: str, clusters_dir_local: str | None)
     finally:
         transport.close()
     table = Table(title=f"cluster {cfg.name} ({cfg.transport})", title_justify="left")
-    for col in ("check", "status", "detail"):
-        table.add_column(col)
+    table.add_column("check", no_wrap=True)
+    table.add_column("status")
+    table.add_column("detail", overflow="fold")
     marks = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]![/yellow]"}
     for check_name, ok, detail in rows:
         table.add_row(check_name, marks[ok], escape(detail))

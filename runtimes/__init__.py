@@ -20,7 +20,18 @@ def open_runtime(cluster: ClusterConfig) -> Runtime:
         return SlurmRuntime(cluster, SSHTransport(cluster))
     from runtimes.transport import LocalTransport
 
-    return SlurmRuntime(cluster, LocalTransport(cluster.env))
+    transport = LocalTransport(cluster.env)
+    if cluster.slurm.backend == "pyslurm":  # refuse unless pyslurm matches this Slurm
+        from runtimes.slurm.pyslurm_backend import (
+            PyslurmRuntime,
+            check_pyslurm,
+            pyslurm_release,
+            slurm_release,
+        )
+
+        check_pyslurm(slurm_release(transport), pyslurm_release())
+        return PyslurmRuntime(cluster, transport)
+    return SlurmRuntime(cluster, transport)
 
 
 __all__ = [

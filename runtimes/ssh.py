@@ -88,13 +88,17 @@ class _Verify(paramiko.MissingHostKeyPolicy):
                 f"ssh.host_key_fingerprint {self.pinned}: refusing to connect. If the server's "
                 "key really changed, check it with its administrators and update the pin."
             )
-        raise HostKeyError(
-            f"host key of {_host_id(self.host, self.port)} ({key.get_name()} {offered}) is not "
-            f"in {self.known_hosts}: refusing to connect. Check the fingerprint with the "
-            f"cluster's administrators, then trust it with `ssh-keyscan -p {self.port} "
-            f"{self.host} >> {self.known_hosts}` or pin it as ssh.host_key_fingerprint: "
-            f"{offered}"
-        )
+        raise HostKeyError(_unknown_key(self.host, self.port, key, self.known_hosts))
+
+
+def _unknown_key(host: str, port: int, key: paramiko.PKey, known_hosts: Path) -> str:
+    offered = fingerprint(key)
+    return (
+        f"host key of {_host_id(host, port)} ({key.get_name()} {offered}) is not "
+        f"in {known_hosts}: refusing to connect. Check the fingerprint with the "
+        f"cluster's administrators, then trust it with `ssh-keyscan -p {port} "
+        f"{host} >> {known_hosts}` or pin it as ssh.host_key_fingerprint: {offered}"
+    )
 
 
 class SSHTransport(Transport):
@@ -150,6 +154,12 @@ class SSHTransport(Transport):
             raise
         except paramiko.BadHostKeyException as exc:
             client.close()
+            known_type = exc.expected_key.get_name()
+            if known_type != exc.key.get_name():  # as OpenSSH: a new key type is unknown
+                raise HostKeyError(
+                    _unknown_key(s.host, s.port, exc.key, self._known_hosts())
+                    + f" ({self._known_hosts()} has only a key of another type, {known_type})"
+                ) from None
             raise HostKeyError(
                 f"host key of {_host_id(s.host, s.port)} has CHANGED (now "
                 f"{fingerprint(exc.key)}): refusing to connect, this may be an attack. If the "

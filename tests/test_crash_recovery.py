@@ -45,7 +45,7 @@ class CrashAfterSbatch(Runtime):
 
     def __init__(self, inner: Runtime, before: bool = False) -> None:
         self.inner, self.before = inner, before
-        self.name, self.calls = inner.name, inner.calls
+        self.name, self.calls, self.transport = inner.name, inner.calls, inner.transport
 
     def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
         if not self.before:
