@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -22,8 +23,10 @@ pytestmark = pytest.mark.slurm
 SSHD_LOG = LAB / "ssh" / "sshd.log"
 
 
-def accepted_logins() -> int:
-    return SSHD_LOG.read_text(errors="replace").count("Accepted publickey")
+def accepted_logins(fingerprint: str) -> int:
+    """sshd's "Accepted publickey" lines for one client key (other logins not counted)."""
+    return sum(1 for line in SSHD_LOG.read_text(errors="replace").splitlines()
+               if "Accepted publickey" in line and line.endswith(fingerprint))
 
 
 @pytest.fixture()
@@ -36,17 +39,33 @@ def with_ssh(cluster: ClusterConfig, **changes: object) -> ClusterConfig:
     return cluster.model_copy(update={"ssh": cluster.ssh.model_copy(update=changes)})
 
 
-def test_fifty_activities_use_one_connection(harness, ssh_cluster: ClusterConfig) -> None:
-    before = accepted_logins()
-    h: Harness = harness(ssh_cluster)
+@pytest.fixture()
+def own_key(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A client key of this test's own, authorized on the lab sshd while the test runs."""
+    key = tmp_path / "id_test"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pub = Path(f"{key}.pub").read_text()
+    fp = subprocess.run(["ssh-keygen", "-lf", str(key)], capture_output=True, text=True,
+                        check=True).stdout.split()[1]
+    authorized = LAB / "ssh" / "authorized_keys"
+    original = authorized.read_text()
+    authorized.write_text(original + pub)
+    yield key, fp
+    authorized.write_text(original)
+
+
+def test_fifty_activities_use_one_connection(harness, ssh_cluster: ClusterConfig,
+                                             own_key: tuple[Path, str]) -> None:
+    key, fp = own_key
+    h: Harness = harness(with_ssh(ssh_cluster, key_file=str(key)))
     acts = "".join(f"    - name: s{i}\n      run: sleep 2\n" for i in range(50))
     wf_id = h.submit(f"name: wide\nspec:\n  activities:\n{acts}")
     h.run(wf_id)
     assert set(h.states(wf_id).values()) == {"COMPLETED"}
     runtime = h.bridge.runtimes["devslurm"]
     assert runtime.transport.connects == 1
-    time.sleep(0.2)  # sshd writes its log line asynchronously
-    assert accepted_logins() - before == 1
+    time.sleep(0.3)  # sshd writes its log line asynchronously
+    assert accepted_logins(fp) == 1
     assert runtime.calls["sbatch"] == 50
 
 
