@@ -25,6 +25,13 @@ _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@%/+=-]+)?$")
 
 
+def _abs_path(v: str | None) -> str | None:
+    """An absolute path made only of characters that are safe in a shell script."""
+    if v is not None and not re.match(r"^/[A-Za-z0-9._/+@%=,~-]*$", v):
+        raise ValueError("must be an absolute path of letters, digits and ._/+@%=,~-")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -140,9 +147,7 @@ class ContainerSettings(_Strict):
     @field_validator("image_cache")
     @classmethod
     def _cache(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^/[A-Za-z0-9._/+@%=,~-]*$", v):
-            raise ValueError("must be an absolute path of letters, digits and ._/+@%=,~-")
-        return v
+        return _abs_path(v)
 
     @field_validator("exec_flags")
     @classmethod
@@ -202,9 +207,7 @@ class ClusterConfig(_Strict):
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^/[A-Za-z0-9._/+@%=,~-]*$", v):
-            raise ValueError("must be an absolute path of letters, digits and ._/+@%=,~-")
-        return v
+        return _abs_path(v)
 
 
 LOCAL = ClusterConfig(

@@ -111,6 +111,12 @@ def parse_sbatch(stdout: str) -> str:
     return job_id
 
 
+def parse_exit(text: str) -> tuple[int | None, int | None]:
+    """Slurm's ``ExitCode`` ``3:0`` as (exit code, signal)."""
+    code, _, sig = text.partition(":")
+    return (int(code) if code.isdigit() else None, int(sig) if sig.isdigit() else None)
+
+
 def _reason(text: str) -> str | None:
     text = text.strip()
     return None if text in ("", "None", "(null)") else text
@@ -143,11 +149,10 @@ def parse_sacct(stdout: str) -> dict[str, AcctRow]:
         state, word = slurm_state(parts[2])
         if state is None:
             continue
-        code, _, sig = parts[3].partition(":")
+        code, sig = parse_exit(parts[3])
         rows[parts[0].strip()] = AcctRow(
             job_id=parts[0].strip(), name=parts[1], state=state, slurm_state=word,
-            exit_code=int(code) if code.isdigit() else None,
-            signal=int(sig) if sig.isdigit() else None,
+            exit_code=code, signal=sig,
             start=parse_time(parts[4]), end=parse_time(parts[5]), reason=_reason(parts[7]),
         )
     return rows
@@ -164,11 +169,10 @@ def parse_scontrol(stdout: str) -> dict[str, AcctRow]:
         state, word = slurm_state(fields.get("JobState", ""))
         if not job_id or state is None:
             continue
-        code, _, sig = fields.get("ExitCode", "").partition(":")
+        code, sig = parse_exit(fields.get("ExitCode", ""))
         rows[job_id] = AcctRow(
             job_id=job_id, name=fields.get("JobName", ""), state=state, slurm_state=word,
-            exit_code=int(code) if code.isdigit() else None,
-            signal=int(sig) if sig.isdigit() else None,
+            exit_code=code, signal=sig,
             start=parse_time(fields.get("StartTime", "")),
             end=parse_time(fields.get("EndTime", "")), reason=_reason(fields.get("Reason", "")),
         )
