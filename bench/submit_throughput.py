@@ -31,10 +31,8 @@ import argparse
 import cProfile
 import io
 import os
-import platform
 import pstats
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,82 +42,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the project is normally installed editable; be safe anyway
-    sys.path.insert(0, str(REPO))
+from _common import (  # noqa: F401 - re-exported for anything importing them from here
+    LAB,
+    REPO,
+    dbd_queue,
+    fmt,
+    machine_facts,
+    median,
+    queued_ids,
+    settle,
+    sh,
+    slurm_env,
+    verdict,
+    wait_gone,
+    wait_queue_empty,
+    workflow_yaml,
+)
 
-from bridge import logs  # noqa: E402
-from bridge.runner import Bridge  # noqa: E402
-from bridge.spec import parse_akoflow  # noqa: E402
-from bridge.store import Store  # noqa: E402
-from runtimes.config import ClusterConfig, Clusters, load_cluster  # noqa: E402
+from bridge import logs
+from bridge.runner import Bridge
+from bridge.spec import parse_akoflow
+from bridge.store import Store
+from runtimes.config import ClusterConfig, Clusters, load_cluster
 
-LAB = Path(os.environ.get("AKB_LAB", "/var/tmp/akb-lab"))
 RAW_NAME = "akbbench-raw"
 CONTROLLER_CALLS = ("squeue", "sacct", "scontrol")
-
-
-# -- helpers ---------------------------------------------------------------------------------
-def slurm_env(conf: str) -> dict[str, str]:
-    return {**os.environ, "SLURM_CONF": conf}
-
-
-def sh(argv: list[str], env: dict[str, str]) -> str:
-    res = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    return res.stdout if res.returncode == 0 else ""
-
-
-def queued_ids(env: dict[str, str]) -> set[str]:
-    """This user's jobs still in the queue (pending, running, completing ...)."""
-    out = sh(["squeue", "--me", "--noheader", "--format=%i"], env)
-    return {line.strip() for line in out.splitlines() if line.strip()}
-
-
-def wait_queue_empty(env: dict[str, str], timeout: float, label: str) -> int:
-    """Wait for ``squeue --me`` to be empty; the number of jobs still there at the timeout."""
-    deadline = time.monotonic() + timeout
-    ids = queued_ids(env)
-    while ids and time.monotonic() < deadline:
-        time.sleep(0.5)
-        ids = queued_ids(env)
-    if ids:
-        print(f"  ! {label}: {len(ids)} job(s) of this user still queued after {timeout:g} s "
-              f"(not ours, e.g. a test run: {', '.join(sorted(ids)[:5])}); going on",
-              flush=True)
-    return len(ids)
-
-
-def dbd_queue(env: dict[str, str]) -> int | None:
-    """slurmctld's backlog of accounting messages to slurmdbd (``sdiag``), None if unknown."""
-    for line in sh(["sdiag"], env).splitlines():
-        if line.strip().startswith("DBD Agent queue size:"):
-            return int(line.split(":", 1)[1])
-    return None
-
-
-def settle(env: dict[str, str], timeout: float, label: str, seconds: float) -> int:
-    """Empty queue, accounting caught up, then a short pause: every phase starts alike."""
-    left = wait_queue_empty(env, timeout, label)
-    deadline = time.monotonic() + 30
-    while (dbd_queue(env) or 0) > 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(seconds)
-    return left
-
-
-def wait_gone(ids: set[str], env: dict[str, str], t0: float, poll: float,
-              timeout: float) -> float | None:
-    """Seconds from ``t0`` until none of ``ids`` is in squeue any more (None on timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not ids & queued_ids(env):
-            return time.perf_counter() - t0
-        time.sleep(poll)
-    return None
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 # -- raw sbatch loop -------------------------------------------------------------------------
@@ -199,11 +146,6 @@ class BridgeResult:
     profile: str = ""
     in_sbatch_s: float | None = None
     sbatch_ms: list[float] = field(default_factory=list)
-
-
-def workflow_yaml(n: int) -> str:
-    acts = "".join(f'    - name: a{i}\n      run: "true"\n' for i in range(n))
-    return f"name: bench\nspec:\n  activities:\n{acts}"
 
 
 SUBMIT_CONCURRENCY: int | None = None
@@ -354,41 +296,6 @@ def own_work_profile(n: int, base: ClusterConfig, conf: str, tmp: Path) -> tuple
 
 
 # -- report ----------------------------------------------------------------------------------
-def machine_facts(env: dict[str, str], conf: str) -> list[str]:
-    version = sh(["sbatch", "--version"], env).strip() or "sbatch not answering"
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nodes = sh(["sinfo", "--noheader", "--format=%N cpus=%c state=%T"], env).strip()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "bridge",
-                            "runtimes"], capture_output=True, text=True, check=False).stdout
-    code = f"{head or '?'}" + (f" + {len(dirty.splitlines())} uncommitted file(s) in "
-                               "bridge/ runtimes/" if dirty.strip() else "")
-    return [
-        f"code             {code}",
-        f"nproc            {os.cpu_count()} ({cpu or platform.machine()})",
-        f"slurm            {version} (SLURM_CONF={conf}; node: {nodes})",
-        f"python           {platform.python_version()} on {platform.platform()}",
-        f"load average     {load}",
-    ]
-
-
-def fmt(x: float | None, spec: str = ".2f") -> str:
-    return "-" if x is None or x != x else format(x, spec)
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def _row(label: str, best: float | None, med: float | None, spec: str = ".2f",
          goal: str = "") -> None:
     print(f"{label:<44}{fmt(best, spec):>9}{fmt(med, spec):>9}   {goal}".rstrip())

@@ -116,7 +116,7 @@ class Bridge:
         changed |= self._submit_pending()
         return changed
 
-    def run(self, wf_ids: Iterable[int] | None = None, *, idle_s: float = 0.25,
+    def run(self, wf_ids: Iterable[int] | None = None, *, idle_s: float | None = None,
             on_cycle: Callable[[], None] | None = None,
             timeout_s: float | None = None) -> None:
         """Cycle until the given workflows (default: all active ones) have finished."""
@@ -131,7 +131,13 @@ class Bridge:
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("workflows still running after the timeout")
-            time.sleep(0.01 if changed else idle_s)
+            time.sleep(0.01 if changed else idle_s or self._idle())
+
+    def _idle(self) -> float:
+        """Pause between quiet cycles: the shortest ``marker_interval`` of the clusters in use
+        (reading exit-code files costs no controller RPC; squeue has its own rate limit)."""
+        intervals = [self.cluster(n).slurm.marker_interval for n in self.runtimes]
+        return min(intervals, default=0.25)
 
     # -- reconcile --------------------------------------------------------------------------
     def _reconcile(self) -> bool:
