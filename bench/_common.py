@@ -7,6 +7,7 @@ Both ``bench/submit_throughput.py`` and ``bench/ssh_submit.py`` import these (ru
 
 from __future__ import annotations
 
+import cProfile
 import os
 import platform
 import statistics
@@ -122,3 +123,15 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+def profile_text(prof: cProfile.Profile | None, lines: int) -> str:
+    """The top ``lines`` functions by cumulative time, or "" without a profile."""
+    if prof is None:
+        return ""
+    import io
+    import pstats
+
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(lines)
+    return buf.getvalue()

@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import os
-import pstats
 import shlex
 import shutil
 import socket
@@ -65,6 +63,7 @@ from _common import (
     fmt,
     machine_facts,
     median,
+    profile_text,
     settle,
     sh,
     slurm_env,
@@ -530,11 +529,7 @@ def bridge_round(yaml_text: str, cluster: ClusterConfig, env: dict[str, str], st
             prof.disable()
         bridge.close()
         store.close()
-    text = ""
-    if prof:
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(18)
-        text = buf.getvalue()
+    text = profile_text(prof, 18)
     return BridgeResult(submit_s, done_s, gone_s, final, n_acts, len(attempts),
                         transport.connects, logins,
                         counter.open_s[0] if counter.open_s else None, stats, remote_submit,

@@ -49,6 +49,7 @@ from _common import (  # noqa: F401 - re-exported for anything importing them fr
     fmt,
     machine_facts,
     median,
+    profile_text,
     queued_ids,
     settle,
     sh,
@@ -244,11 +245,7 @@ def bridge_round(n: int, base: ClusterConfig, conf: str, env: dict[str, str], tm
             prof.disable()
         bridge.close()
         store.close()
-    text = ""
-    if prof:
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(15)
-        text = buf.getvalue()
+    text = profile_text(prof, 15)
     return BridgeResult(submit_s, done_s, gone_s, final, len(wall_ms), submit_cycles, sbatch,
                         per_cycle, cpu_ms, wall_ms, text, in_sbatch, sbatch_ms)
 
