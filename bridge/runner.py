@@ -148,10 +148,7 @@ class Bridge:
         """
         self._unreachable.clear()
         unconfirmed = [a for a in self.store.live_attempts() if a.job_id is None]
-        by_cluster: dict[str, list[AttemptRow]] = defaultdict(list)
-        for a in unconfirmed:
-            by_cluster[a.cluster].append(a)
-        for cluster, attempts in by_cluster.items():
+        for cluster, attempts in _by_cluster(unconfirmed).items():
             try:
                 found = self.runtime(cluster).find(
                     [TrackedJob(a.token, a.jobdir) for a in attempts]
@@ -169,11 +166,8 @@ class Bridge:
     # -- poll -------------------------------------------------------------------------------
     def _poll(self) -> bool:
         live = [a for a in self.store.live_attempts() if a.job_id]
-        by_cluster: dict[str, list[AttemptRow]] = defaultdict(list)
-        for a in live:
-            by_cluster[a.cluster].append(a)
         changed = False
-        for cluster, attempts in by_cluster.items():
+        for cluster, attempts in _by_cluster(live).items():
             try:
                 statuses = self.runtime(cluster).poll(
                     [TrackedJob(a.token, a.jobdir, a.job_id) for a in attempts]
@@ -387,10 +381,7 @@ class Bridge:
 
     def _submit_pending(self) -> bool:
         pending = [a for a in self.store.live_attempts() if a.job_id is None]
-        by_cluster: dict[str, list[AttemptRow]] = defaultdict(list)
-        for a in pending:
-            by_cluster[a.cluster].append(a)
-        for cluster_name, attempts in by_cluster.items():
+        for cluster_name, attempts in _by_cluster(pending).items():
             if cluster_name in self._unreachable:
                 continue  # its unconfirmed submissions must be looked up first
             cluster = self.cluster(cluster_name)
@@ -439,6 +430,13 @@ class Bridge:
                 "UPDATE activities SET job_id=?, state='QUEUED' WHERE id=?",
                 [(job_id, a.activity_id) for a, job_id in submitted],
             )
+
+
+def _by_cluster(attempts: list[AttemptRow]) -> dict[str, list[AttemptRow]]:
+    grouped: dict[str, list[AttemptRow]] = defaultdict(list)
+    for a in attempts:
+        grouped[a.cluster].append(a)
+    return grouped
 
 
 def _view(act: ActivityRow) -> ActivityView:

@@ -25,6 +25,13 @@ _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@%/+=-]+)?$")
 
 
+def _safe_name(v: str | None) -> str | None:
+    """A name that may appear in an #SBATCH line or a path: letters, digits, ``._-``."""
+    if v is not None and not _NAME.match(v):
+        raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+    return v
+
+
 def _abs_path(v: str | None) -> str | None:
     """An absolute path made only of characters that are safe in a shell script."""
     if v is not None and not re.match(r"^/[A-Za-z0-9._/+@%=,~-]*$", v):
@@ -74,9 +81,7 @@ class SSHSettings(_Strict):
     @field_validator("user")
     @classmethod
     def _user(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.match(v):
-            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
-        return v
+        return _safe_name(v)
 
     @field_validator("host_key_fingerprint")
     @classmethod
@@ -116,9 +121,7 @@ class SlurmSettings(_Strict):
     @field_validator("partition", "account", "qos")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.match(v):
-            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
-        return v
+        return _safe_name(v)
 
     @field_validator("default_time")
     @classmethod
@@ -200,8 +203,7 @@ class ClusterConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        _safe_name(v)
         return v
 
     @field_validator("workdir")

@@ -204,13 +204,11 @@ class SlurmRuntime(Runtime):
             if res.ok:
                 for rec in cmd.parse_sacct(res.stdout).values():
                     found.setdefault(rec.name, rec.job_id)
-        for job in jobs:
-            if job.token not in found:
-                data = self.transport.read_files([marker_path(job.jobdir)])
-                raw = data.get(marker_path(job.jobdir))
-                marker = parse_marker(raw) if raw else None
-                if marker and marker.job_id:
-                    found[job.token] = marker.job_id
+        unknown = {marker_path(j.jobdir): j.token for j in jobs if j.token not in found}
+        for path, raw in self.transport.read_files(unknown).items():  # one batch for all
+            marker = parse_marker(raw) if raw else None
+            if marker and marker.job_id:
+                found[unknown[path]] = marker.job_id
         return found
 
 
