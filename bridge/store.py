@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,9 +71,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE workflows ADD COLUMN prepared_at TEXT;
     ALTER TABLE workflows ADD COLUMN staged_out_at TEXT;
     """,
+    # 3: cancel requests (from another process or the API) and a failed stage-out
+    """
+    ALTER TABLE workflows ADD COLUMN stage_out_error TEXT;
+    ALTER TABLE activities ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX attempts_activity ON attempts(activity_id);
+    CREATE INDEX activities_workflow ON activities(workflow_id, position);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")
+TERMINAL_STATES = ("COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "CANCELLED", "NODE_FAIL",
+                   "SKIPPED")
 
 
 def now_utc() -> datetime:
@@ -105,6 +114,8 @@ class WorkflowRow:
     prepared_at: datetime | None
     """When staging in and the image checks were done (NULL: not yet)."""
     staged_out_at: datetime | None
+    stage_out_error: str | None = None
+    """Why bringing the volumes back failed (the workflow then cannot be COMPLETED)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class ActivityRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,8 @@ class AttemptRow:
     submitted_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_requested: bool = False
+    """The activity's cancellation was asked for (the job is to be scancelled/killed)."""
 
 
 class Store:
@@ -217,6 +231,42 @@ class Store:
             )
         return wf_id
 
+    # -- requests from the commands ----------------------------------------------------------
+    def request_cancel(self, wf_id: int, names: Iterable[str] | None = None) -> list[str]:
+        """Ask that the given activities (default: all) of a workflow stop; the names of
+        those not finished yet. The owner of the state dir cancels their jobs."""
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT id, name FROM activities WHERE workflow_id=? AND state NOT IN"
+                f" {TERMINAL_STATES}", (wf_id,)).fetchall()
+            wanted = None if names is None else set(names)
+            hit = [(r[0], r[1]) for r in rows if wanted is None or r[1] in wanted]
+            db.executemany("UPDATE activities SET cancel_requested=1 WHERE id=?",
+                           [(act_id,) for act_id, _ in hit])
+        return [name for _, name in hit]
+
+    def retry_workflow(self, wf_id: int) -> list[str]:
+        """Send the FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL and SKIPPED
+        activities of a finished workflow back to PENDING (attempt numbers go on) and the
+        workflow back to RUNNING; the names reset. Empty when nothing needs a retry."""
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM workflows WHERE id=?", (wf_id,)).fetchone()
+            if row is None or row[0] == WorkflowState.RUNNING.value:
+                return []
+            names = [r[0] for r in db.execute(
+                "SELECT name FROM activities WHERE workflow_id=? AND state NOT IN"
+                " ('COMPLETED') ORDER BY position", (wf_id,))]
+            if not names and row[0] == WorkflowState.COMPLETED.value:
+                return []
+            db.execute("UPDATE activities SET state='PENDING', cancel_requested=0,"
+                       " retry_at=NULL, exit_code=NULL, reason=NULL, job_id=NULL,"
+                       " finished_at=NULL WHERE workflow_id=? AND state!='COMPLETED'",
+                       (wf_id,))
+            db.execute("UPDATE workflows SET state='RUNNING', finished_at=NULL, reason=NULL,"
+                       " staged_out_at=NULL, stage_out_error=NULL"
+                       " WHERE id=?", (wf_id,))
+        return names or ["(workflow)"]
+
     # -- reads ------------------------------------------------------------------------------
     def workflow(self, wf_id: int) -> WorkflowRow | None:
         row = self.db.execute("SELECT * FROM workflows WHERE id=?", (wf_id,)).fetchone()
@@ -229,6 +279,11 @@ class Store:
         ).fetchall()
         return [self._workflow(r) for r in rows]
 
+    def active_ids(self, wf_ids: Iterable[int] | None = None) -> set[int]:
+        """Ids of RUNNING workflows (of ``wf_ids`` only, when given)."""
+        ids = {int(r[0]) for r in self.db.execute("SELECT id FROM workflows WHERE state='RUNNING'")}
+        return ids if wf_ids is None else ids & set(wf_ids)
+
     def activities(self, wf_id: int) -> list[ActivityRow]:
         rows = self.db.execute(
             "SELECT * FROM activities WHERE workflow_id=? ORDER BY position", (wf_id,)
@@ -239,13 +294,29 @@ class Store:
         row = self.db.execute("SELECT * FROM activities WHERE id=?", (activity_id,)).fetchone()
         return self._activity(row)
 
-    def live_attempts(self) -> list[AttemptRow]:
-        """Attempts whose job exists or may exist (SUBMITTING, QUEUED, RUNNING)."""
-        rows = self.db.execute(
-            "SELECT t.*, a.workflow_id FROM attempts t JOIN activities a ON a.id=t.activity_id"
-            f" WHERE t.state IN {LIVE_STATES} ORDER BY t.id"
-        ).fetchall()
+    def live_attempts(self, wf_ids: Iterable[int] | None = None,
+                      cluster: str | None = None) -> list[AttemptRow]:
+        """Attempts whose job exists or may exist (SUBMITTING, QUEUED, RUNNING), optionally
+        of some workflows only and on one cluster only."""
+        sql = ("SELECT t.*, a.workflow_id, a.cancel_requested FROM attempts t"
+               " JOIN activities a ON a.id=t.activity_id"
+               f" WHERE t.state IN {LIVE_STATES}")
+        args: list[object] = []
+        if cluster is not None:
+            sql += " AND t.cluster=?"
+            args.append(cluster)
+        if wf_ids is not None:
+            ids = sorted(set(wf_ids))
+            sql += f" AND a.workflow_id IN ({','.join('?' * len(ids))})"
+            args += ids
+        rows = self.db.execute(sql + " ORDER BY t.id", args).fetchall()
         return [_attempt(r) for r in rows]
+
+    def attempt(self, attempt_id: int) -> AttemptRow | None:
+        row = self.db.execute(
+            "SELECT t.*, a.workflow_id, a.cancel_requested FROM attempts t"
+            " JOIN activities a ON a.id=t.activity_id WHERE t.id=?", (attempt_id,)).fetchone()
+        return _attempt(row) if row else None
 
     def activity_ids(self, wf_id: int) -> dict[str, int]:
         rows = self.db.execute("SELECT name, id FROM activities WHERE workflow_id=?", (wf_id,))
@@ -259,7 +330,8 @@ class Store:
 
     def attempts(self, activity_id: int) -> list[AttemptRow]:
         rows = self.db.execute(
-            "SELECT t.*, a.workflow_id FROM attempts t JOIN activities a ON a.id=t.activity_id"
+            "SELECT t.*, a.workflow_id, a.cancel_requested FROM attempts t"
+            " JOIN activities a ON a.id=t.activity_id"
             " WHERE t.activity_id=? ORDER BY t.number", (activity_id,)
         ).fetchall()
         return [_attempt(r) for r in rows]
@@ -310,7 +382,7 @@ def _workflow(r: sqlite3.Row, spec: Workflow) -> WorkflowRow:
         spec=spec, state=WorkflowState(r["state"]),
         reason=r["reason"], created_at=datetime.fromisoformat(r["created_at"]),
         finished_at=parse_iso(r["finished_at"]), prepared_at=parse_iso(r["prepared_at"]),
-        staged_out_at=parse_iso(r["staged_out_at"]),
+        staged_out_at=parse_iso(r["staged_out_at"]), stage_out_error=r["stage_out_error"],
     )
 
 
@@ -321,6 +393,7 @@ def _activity(r: sqlite3.Row, spec: Step) -> ActivityRow:
         attempt=r["attempt"], retry_at=parse_iso(r["retry_at"]), exit_code=r["exit_code"],
         reason=r["reason"], job_id=r["job_id"], created_at=datetime.fromisoformat(r["created_at"]),
         started_at=parse_iso(r["started_at"]), finished_at=parse_iso(r["finished_at"]),
+        cancel_requested=bool(r["cancel_requested"]),
     )
 
 
@@ -331,4 +404,5 @@ def _attempt(r: sqlite3.Row) -> AttemptRow:
         job_id=r["job_id"], state=ActivityState(r["state"]), exit_code=r["exit_code"],
         reason=r["reason"], submitted_at=parse_iso(r["submitted_at"]),
         started_at=parse_iso(r["started_at"]), finished_at=parse_iso(r["finished_at"]),
+        cancel_requested=bool(r["cancel_requested"]),
     )

@@ -52,7 +52,8 @@ class Submitted:
     job_id: str | None
     error: str | None = None
     lost: bool = False
-    """The connection broke during submission: the job may exist; look it up by token."""
+    """The job may exist although no id came back (the connection broke, sbatch timed out or
+    failed on the controller link): look it up by token before submitting again."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,11 @@ class Runtime(ABC):
 
     @abstractmethod
     def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
-        """Write each job directory and submit; one :class:`Submitted` per request, in order."""
+        """Write each job directory and submit; one :class:`Submitted` per request, in order.
+
+        A :class:`~runtimes.transport.TransportError` raised from here means that nothing
+        was submitted (the job files could not be written): the requests can be sent again.
+        """
 
     @abstractmethod
     def poll(self, jobs: Sequence[TrackedJob]) -> dict[str, JobStatus]:

@@ -168,6 +168,8 @@ class ClusterConfig(_Strict):
     aliases: tuple[str, ...] = ()
     kind: Literal["slurm", "process"] = "slurm"
     """``slurm`` submits with sbatch; ``process`` runs each job script as a local process."""
+    max_running: int | None = Field(default=None, ge=1, le=4096)
+    """``kind: process``: at most this many jobs at once (default: the number of CPUs)."""
     transport: Literal["local", "ssh"] = "local"
     workdir: str | None = None
     """Root of the job directories; defaults to ``<state dir>/jobs`` for the local transport."""

@@ -16,12 +16,24 @@ def marker_path(jobdir: str) -> str:
 
 @dataclass(frozen=True)
 class Marker:
-    """The exit-code file a job script's EXIT trap writes: ``<rc> <start> <end> [<job id>]``."""
+    """The exit-code file a job script's EXIT trap writes:
+    ``<rc> <start> <end> <job id or -> <token>``."""
 
     exit_code: int
     start: datetime | None
     end: datetime | None
     job_id: str | None = None
+    token: str | None = None
+
+    def belongs_to(self, token: str, job_id: str | None = None) -> bool:
+        """Whether this marker was written by the job of ``token`` (and ``job_id``).
+
+        A marker without the token is not trusted: the job's own command may have written a
+        file called ``exitcode`` into its working directory.
+        """
+        if self.token != token:
+            return False
+        return job_id is None or self.job_id == job_id
 
 
 def parse_marker(data: bytes) -> Marker | None:
@@ -36,4 +48,5 @@ def parse_marker(data: bytes) -> Marker | None:
             return None
 
     job_id = parts[3] if len(parts) > 3 and parts[3].isdigit() else None
-    return Marker(int(parts[0]), stamp(1), stamp(2), job_id)
+    token = parts[4] if len(parts) > 4 else None
+    return Marker(int(parts[0]), stamp(1), stamp(2), job_id, token)

@@ -35,6 +35,11 @@ class TransportError(Exception):
     """The cluster could not be reached (after the reconnect attempts); the message says why."""
 
 
+class TransportRefused(TransportError):
+    """The cluster answered but refused us (authentication, an unknown or changed host key):
+    retrying cannot help; a person has to act. The message says what to do."""
+
+
 class ConnectionLost(TransportError):
     """The connection broke while a command ran: whether it took effect is unknown."""
 

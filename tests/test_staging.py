@@ -313,11 +313,12 @@ def test_artifacts_cli_on_the_local_runtime(tmp_path: Path) -> None:
     res = akobridge(tmp_path, "artifacts", "1")
     assert res.returncode == 0, res.stderr
     listed = [ln.split("│")[1].strip() for ln in res.stdout.splitlines() if ln.startswith("│")]
-    jobdir = tmp_path / "state" / "jobs" / "arts-1" / "make" / "1"
+    [instance] = (tmp_path / "state" / "jobs").iterdir()  # <workdir>/<bridge instance>/…
+    jobdir = instance / "arts-1" / "make" / "1"
     for path in (jobdir / "command.sh", jobdir / "job.sh", mount / "out" / "r.txt",
                  mount / "top.txt"):
         assert str(path) in listed, res.stdout
-    assert str(tmp_path / "state" / "jobs" / "arts-1" / "again" / "1" / "job.sh") in listed
+    assert str(instance / "arts-1" / "again" / "1" / "job.sh") in listed
 
     got = tmp_path / "got"
     res = akobridge(tmp_path, "artifacts", "1", "--get", "out", "--to", got)

@@ -56,7 +56,7 @@ class SlurmRuntime(Runtime):
         for req in requests:
             files.update(req.files)
             files[f"{req.jobdir}/{SCRIPT_FILE}"] = req.script.encode("utf-8")
-        try:
+        try:  # a TransportError here propagates: nothing was submitted, try again later
             self.transport.write_files(files)
         except OSError as exc:
             error = f"cannot write job directory: {exc}"
@@ -113,7 +113,7 @@ class SlurmRuntime(Runtime):
         for path, data in self.transport.read_files(paths).items():
             marker = parse_marker(data) if data else None
             job = paths[path]
-            if marker and job.job_id and marker.job_id in (None, job.job_id):
+            if marker and job.job_id and marker.belongs_to(job.token, job.job_id):
                 found[job.job_id] = marker
         return found
 
@@ -207,14 +207,33 @@ class SlurmRuntime(Runtime):
         unknown = {marker_path(j.jobdir): j.token for j in jobs if j.token not in found}
         for path, raw in self.transport.read_files(unknown).items():  # one batch for all
             marker = parse_marker(raw) if raw else None
-            if marker and marker.job_id:
+            if marker and marker.job_id and marker.belongs_to(unknown[path]):
                 found[unknown[path]] = marker.job_id
         return found
 
 
+AMBIGUOUS_RC = frozenset({124, 137, 143, 255})
+"""sbatch exit statuses after which the job may exist: timed out, killed, batch cut short."""
+AMBIGUOUS_ERRORS = (
+    "socket timed out", "unable to contact slurm controller", "zero bytes were transmitted",
+    "communication connection failure", "connection refused", "connection timed out",
+    "connection reset", "transport endpoint", "resource temporarily unavailable",
+    "slurm_receive_msg", "backup controller", "unexpected message received",
+    "insane message length", "protocol authentication error", "timed out",
+)
+"""sbatch errors from the controller's link, not from the job: it may have been accepted."""
+
+
+def ambiguous(res: Completed) -> bool:
+    """Whether a failed sbatch may still have created the job (look it up by name)."""
+    text = (res.stderr + res.stdout).lower()
+    return res.returncode < 0 or res.returncode in AMBIGUOUS_RC or any(
+        e in text for e in AMBIGUOUS_ERRORS)
+
+
 def _submitted(token: str, res: Completed) -> Submitted:
     if not res.ok:
-        return Submitted(token, None, (res.stderr or res.stdout).strip())
+        return Submitted(token, None, (res.stderr or res.stdout).strip(), lost=ambiguous(res))
     try:
         return Submitted(token, cmd.parse_sbatch(res.stdout))
     except ValueError as exc:

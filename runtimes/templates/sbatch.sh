@@ -10,6 +10,6 @@
 {scheduling}# akobridge: workflow {workflow} (id {workflow_id}), activity {activity}, attempt {attempt}
 export AKB_JOBDIR={q_jobdir}
 akb_start=$(date +%s.%N)
-trap 'akb_rc=$?; printf "%s %s %s %s\n" "$akb_rc" "$akb_start" "$(date +%s.%N)" "${{SLURM_JOB_ID:-}}" > "$AKB_JOBDIR/exitcode.tmp"; mv -f "$AKB_JOBDIR/exitcode.tmp" "$AKB_JOBDIR/exitcode"' EXIT
+trap 'akb_rc=$?; printf "%s %s %s %s %s\n" "$akb_rc" "$akb_start" "$(date +%s.%N)" "${{SLURM_JOB_ID:--}}" {token} > "$AKB_JOBDIR/exitcode.tmp"; mv -f "$AKB_JOBDIR/exitcode.tmp" "$AKB_JOBDIR/exitcode"' EXIT
 trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
 {prologue}{env}{command}

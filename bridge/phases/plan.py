@@ -1,0 +1,195 @@
+"""The planning phase: for each workflow being driven, ask the engine what comes next and
+apply it — skip what cannot run, cancel what was asked to stop before it reached a cluster,
+create the next attempts (SUBMITTING, committed before anything reaches a cluster), finish.
+
+Every change claims its rows inside its own transaction (``UPDATE … WHERE state=…``), so a
+decision made on a stale read changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from bridge import engine
+from bridge.engine import WorkflowState
+from bridge.outbox import emit_activity, finish_workflow
+from bridge.phases.record import view
+from bridge.store import TERMINAL_STATES, ActivityRow, Store, WorkflowRow, iso
+from runtimes.config import ClusterConfig
+from runtimes.render import job_token
+
+log = structlog.get_logger("akobridge.plan")
+
+
+
+@dataclass
+class Bucket:
+    """Submissions per minute for one cluster (a token bucket)."""
+
+    rate_per_min: int
+    tokens: float
+    at: float
+
+    def take(self, want: int, now: float) -> int:
+        self.tokens = min(self.rate_per_min, self.tokens + (now - self.at) * self.rate_per_min / 60)
+        self.at = now
+        got = min(want, int(self.tokens))
+        self.tokens -= got
+        return got
+
+
+@dataclass
+class PlanResult:
+    """What one planning pass did and what it wants the cluster workers to do."""
+
+    changed: bool = False
+    prepare: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    """Cluster → workflows to stage in and check images for."""
+    stage_out: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    """Cluster → finished workflows whose volumes are to be brought back."""
+    created: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    """Cluster → attempts created by this pass (nothing sent for them yet)."""
+
+
+def jobdir(cluster: ClusterConfig, instance: str, wf: WorkflowRow, act: ActivityRow,
+           number: int) -> str:
+    """``<workdir>/<instance>/<workflow>-<id>/<activity>/<attempt>``: the bridge instance
+    keeps two state dirs that share a workdir (or a reset one) apart."""
+    return f"{cluster.workdir}/{instance}/{wf.name}-{wf.id}/{act.name}/{number}"
+
+
+class Planner:
+    """Plans the driven workflows; the only place new attempts are created."""
+
+    def __init__(self, store: Store, cluster: Callable[[str], ClusterConfig],
+                 staged: Callable[[WorkflowRow], bool], clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.staged = staged
+        """Whether a workflow has volumes to bring back at its end."""
+        self.clock = clock
+        self.hold = False
+        """Create no new attempts (a ``cancel`` pass without an owner only stops things)."""
+        self._buckets: dict[str, Bucket] = {}
+
+    def plan(self, wf_ids: set[int]) -> PlanResult:
+        result = PlanResult()
+        for wf_id in sorted(wf_ids):
+            wf = self.store.workflow(wf_id)
+            if wf is None or wf.state.terminal:
+                continue
+            if wf.prepared_at is None:
+                result.prepare[wf.runtime].add(wf.id)
+                continue
+            result.changed |= self._plan_one(wf, result)
+        return result
+
+    def _plan_one(self, wf: WorkflowRow, result: PlanResult) -> bool:
+        now = self.clock()
+        acts = self.store.activities(wf.id)
+        changed = self._cancel_waiting(wf, acts, now)
+        if changed:
+            acts = self.store.activities(wf.id)
+        by_name = {a.name: a for a in acts}
+        ready: list[ActivityRow] = []
+        for action in engine.plan([view(a) for a in acts], now):
+            if isinstance(action, engine.Submit):
+                ready.append(by_name[action.name])
+            elif isinstance(action, engine.Skip):
+                changed |= self._skip(wf, by_name[action.name], action.reason, now)
+            elif self.staged(wf) and wf.staged_out_at is None:
+                result.stage_out[wf.runtime].add(wf.id)
+            else:
+                changed |= self._finish(wf, action.state, now)
+        if not self.hold:
+            changed |= self._new_attempts(wf, ready, result)
+        return changed
+
+    def _cancel_waiting(self, wf: WorkflowRow, acts: list[ActivityRow], now: datetime) -> bool:
+        """Activities asked to stop that have no job (waiting or between retries): CANCELLED."""
+        waiting = [a for a in acts if a.cancel_requested
+                   and a.state.value in ("PENDING", "RETRY_WAIT")]
+        changed = False
+        for act in waiting:
+            with self.store.transaction() as db:
+                cur = db.execute(
+                    "UPDATE activities SET state='CANCELLED', reason='cancelled on request',"
+                    " finished_at=? WHERE id=? AND state IN ('PENDING','RETRY_WAIT')",
+                    (iso(now), act.id))
+                if cur.rowcount:
+                    emit_activity(self.store, db, wf.id, act.id,
+                                  act.spec.runtime or wf.runtime, now)
+                    changed = True
+        return changed
+
+    def _skip(self, wf: WorkflowRow, act: ActivityRow, reason: str, now: datetime) -> bool:
+        with self.store.transaction() as db:
+            cur = db.execute("UPDATE activities SET state='SKIPPED', reason=?, finished_at=?"
+                             " WHERE id=? AND state='PENDING'", (reason, iso(now), act.id))
+            if cur.rowcount:
+                emit_activity(self.store, db, wf.id, act.id, act.spec.runtime or wf.runtime, now)
+        return bool(cur.rowcount)
+
+    def _finish(self, wf: WorkflowRow, state: WorkflowState, now: datetime) -> bool:
+        reason = None
+        if wf.stage_out_error:
+            state, reason = WorkflowState.FAILED, wf.stage_out_error
+        with self.store.transaction() as db:
+            left = db.execute(f"SELECT count(*) FROM activities WHERE workflow_id=? AND state"
+                              f" NOT IN {TERMINAL_STATES}", (wf.id,)).fetchone()[0]
+            done = not left and finish_workflow(self.store, db, wf.id, state, now, reason)
+        if done:
+            log.info("workflow done", workflow=wf.id, state=state.value)
+        return done
+
+    # -- new attempts -----------------------------------------------------------------------
+    def capacity(self, cluster: ClusterConfig, want: int) -> int:
+        """How many of ``want`` new jobs the queue limit, ``max_running`` and the submit rate
+        allow now."""
+        limit = cluster.slurm.max_jobs_in_queue
+        if cluster.kind == "process":
+            limit = min(limit, cluster.max_running or os.cpu_count() or 1)
+        room = max(0, limit - self.store.live_count(cluster.name))
+        bucket = self._buckets.setdefault(cluster.name, Bucket(
+            cluster.slurm.max_submit_per_minute, cluster.slurm.max_submit_per_minute,
+            time.monotonic()))
+        return bucket.take(min(want, room), time.monotonic())
+
+    def _new_attempts(self, wf: WorkflowRow, ready: list[ActivityRow],
+                      result: PlanResult) -> bool:
+        """Claim ready activities and commit their SUBMITTING attempts (token, job dir)
+        before anything reaches a cluster."""
+        by_cluster: dict[str, list[ActivityRow]] = defaultdict(list)
+        for act in ready:
+            by_cluster[act.spec.runtime or wf.runtime].append(act)
+        created = 0
+        for name, acts in by_cluster.items():
+            cluster = self.cluster(name)
+            take = acts[: self.capacity(cluster, len(acts))]
+            if not take:
+                continue
+            with self.store.transaction() as db:
+                for act in take:
+                    number = act.attempt + 1
+                    cur = db.execute(
+                        "UPDATE activities SET state='SUBMITTING', attempt=?, retry_at=NULL,"
+                        " exit_code=NULL, reason=NULL, job_id=NULL WHERE id=? AND attempt=?"
+                        " AND state IN ('PENDING','RETRY_WAIT') AND cancel_requested=0",
+                        (number, act.id, act.attempt))
+                    if not cur.rowcount:
+                        continue
+                    ins = db.execute(
+                        "INSERT INTO attempts(activity_id, number, token, cluster, jobdir,"
+                        " state) VALUES (?,?,?,?,?, 'SUBMITTING')",
+                        (act.id, number, job_token(self.store.instance, wf.id, act.id, number),
+                         cluster.name, jobdir(cluster, self.store.instance, wf, act, number)))
+                    result.created[cluster.name].add(int(ins.lastrowid or 0))
+                    created += 1
+        return created > 0

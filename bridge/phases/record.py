@@ -1,0 +1,88 @@
+"""Fold what a runtime reported into the store: one committed transaction per change, each
+row claimed by a conditional UPDATE inside it (never decided on from an earlier read)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import structlog
+
+from bridge import engine
+from bridge.engine import ActivityState, ActivityView
+from bridge.outbox import emit_activity
+from bridge.store import LIVE_STATES, ActivityRow, AttemptRow, Store, iso
+from runtimes import JobState, JobStatus
+
+log = structlog.get_logger("akobridge.record")
+
+
+def view(act: ActivityRow) -> ActivityView:
+    return ActivityView(act.name, act.state, act.spec.parents, act.attempt, act.spec.retry,
+                        act.retry_at)
+
+
+def record_observation(store: Store, attempt: AttemptRow, status: JobStatus,
+                       now: datetime) -> ActivityState | None:
+    """Apply one job observation to its attempt and activity; the activity's new state, or
+    ``None`` when the attempt was no longer live (someone else recorded its end)."""
+    with store.transaction() as db:
+        act = store.activity(attempt.activity_id)
+        if (status.state.terminal and act.cancel_requested
+                and status.state is not JobState.COMPLETED):
+            status = JobStatus(JobState.CANCELLED, status.exit_code,
+                               status.reason or "cancelled on request",
+                               status.started_at, status.finished_at)
+        final = status.state.terminal
+        started = iso(status.started_at)
+        fallback = iso(now) if status.state is not JobState.QUEUED else None
+        finished = iso(status.finished_at or now) if final else None
+        cur = db.execute(
+            "UPDATE attempts SET state=?, exit_code=?, reason=?, started_at=CASE WHEN ?"
+            " IS NOT NULL THEN ? ELSE coalesce(started_at, ?) END, finished_at=?"
+            f" WHERE id=? AND state IN {LIVE_STATES}",
+            (status.state.value, status.exit_code, status.reason, started, started, fallback,
+             finished, attempt.id),
+        )
+        if cur.rowcount != 1 or act.attempt != attempt.number:
+            return None
+        tr = engine.observe(view(act), status, now)
+        db.execute(
+            "UPDATE activities SET state=?, exit_code=?, reason=?, retry_at=?, started_at=CASE"
+            " WHEN ? IS NOT NULL THEN ? ELSE coalesce(started_at, ?) END, finished_at=?"
+            " WHERE id=? AND attempt=?",
+            (tr.state.value, status.exit_code, status.reason, iso(tr.retry_at), started,
+             started, fallback, finished if tr.state.terminal else None, act.id, attempt.number),
+        )
+        if tr.state.terminal:
+            emit_activity(store, db, act.workflow_id, act.id, attempt.cluster, now)
+    log.info("job state", token=attempt.token, job=attempt.job_id, state=status.state.value,
+             exit_code=status.exit_code, activity=tr.state.value)
+    return tr.state
+
+
+def record_submitted(store: Store, submitted: Sequence[tuple[AttemptRow, str]],
+                     now: datetime) -> int:
+    """Commit the job ids of attempts the cluster accepted (one transaction); how many were
+    still unconfirmed SUBMITTING attempts."""
+    if not submitted:
+        return 0
+    claimed = 0
+    with store.transaction() as db:
+        for a, job_id in submitted:
+            cur = db.execute(
+                "UPDATE attempts SET job_id=?, state='QUEUED', submitted_at=? WHERE id=?"
+                " AND job_id IS NULL AND state='SUBMITTING'", (job_id, iso(now), a.id))
+            if cur.rowcount:
+                claimed += 1
+                db.execute("UPDATE activities SET job_id=?, state='QUEUED' WHERE id=?"
+                           " AND attempt=? AND state='SUBMITTING'",
+                           (job_id, a.activity_id, a.number))
+    return claimed
+
+
+def record_never_submitted(store: Store, attempt: AttemptRow, state: JobState, reason: str,
+                           now: datetime) -> ActivityState | None:
+    """An unconfirmed attempt that is known not to exist on the cluster ends (a refused
+    submission, a cancellation before sbatch)."""
+    return record_observation(store, attempt, JobStatus(state, None, reason), now)
