@@ -180,7 +180,8 @@ def test_run_hello_completes_and_status_shows_it(cli: Cli) -> None:
         assert (state, exit_code, attempt, reason) == ("COMPLETED", "0", "1", ""), name
         assert re.fullmatch(r"local-\d+", job), job
     assert len({r[4] for r in rows.values()}) == 4  # four distinct processes
-    assert res.stdout.rstrip().splitlines()[-1] == "workflow #1 hello: COMPLETED"
+    assert re.fullmatch(r"workflow #1 hello: COMPLETED \(4 done\) in \d+\.\d s",
+                        res.stdout.rstrip().splitlines()[-1]), res.stdout
     assert "'hello' is #1 on local" in res.stderr
     assert cli.workflows() == [(1, "hello", "COMPLETED")]
 
@@ -219,7 +220,8 @@ def test_failed_activity_fails_the_run_and_skips_its_dependent(cli: Cli,
     assert rows["after"][1] == "SKIPPED"
     assert rows["after"][4] == ""  # never submitted: no job
     assert "boom" in rows["after"][6]  # the reason names the failed parent
-    assert res.stdout.rstrip().splitlines()[-1] == "workflow #1 failing: FAILED"
+    assert res.stdout.rstrip().splitlines()[-1].startswith(
+        "workflow #1 failing: FAILED (1 done · 1 failed · 1 skipped) in ")
     assert cli.workflows() == [(1, "failing", "FAILED")]
     no_traceback(res)
 
