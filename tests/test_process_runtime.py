@@ -131,3 +131,67 @@ def test_restarted_runtime_reports_an_old_failure(runtimes: Callable[[], Process
     status = wait_end(runtimes(), job, timeout=5)
     assert status.state is JobState.FAILED
     assert status.exit_code == 5
+
+
+def test_job_ending_between_marker_read_and_liveness_check_is_not_failed(
+    runtimes: Callable[[], ProcessRuntime], tmp_path: Path,
+) -> None:
+    """The false FAILED under load: the marker is read (not there yet), then the job writes it
+    and exits before the liveness check. Forced here: the marker read returns only once the
+    job has ended."""
+    rt = runtimes()
+    job = submit(rt, request(tmp_path, "sleep 0.3"))
+    read_files = rt.transport.read_files
+
+    def late_read(paths):  # type: ignore[no-untyped-def]
+        got = read_files(list(paths))
+        rt._children[str(job.job_id)].wait(timeout=10)  # the job ends right after the read
+        return got
+
+    rt.transport.read_files = late_read  # type: ignore[method-assign]
+    status = rt.poll([job])[str(job.job_id)]
+    assert status.state is not JobState.FAILED, status
+    rt.transport.read_files = read_files  # type: ignore[method-assign]
+    assert wait_end(rt, job).state is JobState.COMPLETED
+
+
+CHILD = """
+import os, signal, subprocess, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from runtimes.config import LOCAL
+from runtimes.process import ProcessRuntime
+from test_process_runtime import request
+real = subprocess.Popen
+def popen(*args, **kwargs):
+    if {before!r}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # the bridge dies the instant the job is forked
+subprocess.Popen = popen
+ProcessRuntime(LOCAL).submit([request(Path({tmp!r}), "echo ran >> {runs}; sleep 0.2")])
+"""
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_bridge_killed_at_the_fork_finds_the_job_or_knows_it_never_ran(
+    runtimes: Callable[[], ProcessRuntime], tmp_path: Path, before: bool,
+) -> None:
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    code = CHILD.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), runs=runs,
+                        before=before)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert child.returncode == -9, child.stderr.decode()
+    req = request(tmp_path, f"echo ran >> {runs}; sleep 0.2")
+    rt = runtimes()  # the restarted bridge
+    found = rt.find([TrackedJob(req.token, req.jobdir)])
+    if before:
+        assert found == {} and not runs.exists()
+        return
+    assert req.token in found, "a job forked just before the crash was not found again"
+    job = TrackedJob(req.token, req.jobdir, found[req.token])
+    assert wait_end(rt, job).state is JobState.COMPLETED
+    assert runs.read_text() == "ran\n"
