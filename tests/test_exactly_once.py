@@ -148,3 +148,21 @@ def test_slurm_run_interrupted_20_times_submits_each_job_once(
         time.sleep(0.5)
     assert len(names) == 100, len(names)
     assert {k: v for k, v in names.items() if v > 1} == {}
+
+
+def test_run_drives_only_its_workflow(tmp_path: Path) -> None:
+    """``run X`` must not quietly resume the other unfinished workflows of the state dir."""
+    state = tmp_path / "state"
+    store = Store(state / "akobridge.db")
+    bridge = Bridge(store, Clusters([]), state)
+    other = bridge.submit(parse_akoflow(staggered("other", 3, tmp_path / "o")).workflow)
+    mine = bridge.submit(parse_akoflow(staggered("mine", 3, tmp_path / "m")).workflow)
+    try:
+        bridge.run([mine], idle_s=0.02, timeout_s=60)
+    finally:
+        bridge.close()
+    assert store.workflow(mine).state.value == "COMPLETED"  # type: ignore[union-attr]
+    assert store.workflow(other).state.value == "RUNNING"  # type: ignore[union-attr]
+    assert {a.state.value for a in store.activities(other)} == {"PENDING"}
+    assert all(not store.attempts(a.id) for a in store.activities(other))
+    assert not (tmp_path / "o").exists()
