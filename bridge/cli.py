@@ -188,13 +188,17 @@ def _state(ctx: click.Context) -> Path:
     return path
 
 
-def _check_state_dir(state: Path) -> None:
-    """A usable state dir, or exit 2 naming the problem (a file in the way, read-only)."""
+def _no_file_in_the_way(state: Path) -> None:
     for parent in [state, *state.parents]:
         if parent.exists():
             if not parent.is_dir():
                 fail(f"state dir {state}: {parent} is a file, not a directory")
             break
+
+
+def _check_state_dir(state: Path) -> None:
+    """A usable state dir, or exit 2 naming the problem (a file in the way, read-only)."""
+    _no_file_in_the_way(state)
     try:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -206,14 +210,17 @@ def _check_state_dir(state: Path) -> None:
 
 def open_store(state: Path, must_exist: bool = True) -> Store:
     path = state / config.DB_NAME
-    if state.exists() and not state.is_dir():
-        fail(f"state dir {state} is a file, not a directory")
+    _no_file_in_the_way(state)
     if must_exist and not path.exists():
         fail(f"no state at {path} yet: nothing has run with this --state-dir")
     try:
         return Store(path)
     except (OSError, sqlite3.Error, RuntimeError) as exc:
-        fail(f"cannot open the store at {path}: {_describe(exc)}")
+        hint = ""
+        if isinstance(exc, sqlite3.OperationalError) and (
+                "unable to open" in str(exc) or "readonly" in str(exc)):
+            hint = " (is the state dir read-only? akobridge writes there even to read it)"
+        fail(f"cannot open the store at {path}: {exc}{hint}")
 
 
 @contextmanager
@@ -551,9 +558,14 @@ def _carry_out_cancel(store: Store, bridge: Bridge, wf_id: int, names: list[str]
     wanted = set(names)
 
     def ended() -> None:
-        states = {a.name: a.state.value for a in store.activities(wf_id) if a.name in wanted}
-        if all(s in FINAL_STATES for s in states.values()):
-            raise _Done
+        acts = store.activities(wf_id)
+        if any(a.state.value not in FINAL_STATES for a in acts if a.name in wanted):
+            return
+        if all(a.state.value in FINAL_STATES for a in acts):
+            row = store.workflow(wf_id)
+            if row is not None and row.state is WorkflowState.RUNNING:
+                return  # its WORKFLOW_DONE is queued in the next cycle
+        raise _Done
 
     say("cancelling", f"{len(names)} activities of workflow {wf_id}: {', '.join(names)}")
     delivery = DeliveryLoop(store.path)
