@@ -320,7 +320,8 @@ def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float
             bridge.close()
             fail(str(exc))
         err.print(f"workflow {escape(repr(wf.name))} is #{wf_id} on [bold]{escape(wf.runtime)}"
-                  f"[/bold] (state: {escape(str(store.path))})", highlight=False)
+                  f"[/bold] (state: {escape(str(store.path))})", highlight=False,
+                  soft_wrap=True)
         code = follow(store, bridge, [wf_id], webhook_wait, clusters)
     sys.exit(code)
 

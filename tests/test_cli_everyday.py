@@ -482,3 +482,135 @@ def test_resume_delivers_the_pending_webhooks(cli: Cli) -> None:
     assert got == ["ACTIVITY_COMPLETED", "WORKFLOW_DONE"]
     res = cli("resume")
     assert "nothing to resume" in res.stdout
+
+
+# --- log lines and the live view on a terminal ------------------------------------------------
+
+
+class Terminal:
+    """Just enough of a VT100 to replay what rich's live view writes: printable characters with
+    line wrap, CR, LF, cursor up/down/column, erase line; colours and modes ignored."""
+
+    def __init__(self, cols: int) -> None:
+        self.cols = cols
+        self.rows: list[list[str]] = [[]]
+        self.wrapped = [False]  # row i continues row i-1 (the terminal wrapped it)
+        self.row = self.col = 0
+
+    def _goto(self, row: int) -> None:
+        self.row = max(0, row)
+        while len(self.rows) <= self.row:
+            self.rows.append([])
+            self.wrapped.append(False)
+
+    def feed(self, text: str) -> None:
+        import re
+
+        pos = 0
+        tokens = r"\x1b\[([?0-9;]*)([A-Za-z])|\x1b\][^\x07]*\x07|\x1b.|[\r\n]|[^\x1b\r\n]+"
+        for m in re.finditer(tokens, text):
+            token = m.group(0)
+            if m.group(2):
+                arg = m.group(1).lstrip("?")
+                n = int(arg) if arg.isdigit() else 1
+                final = m.group(2)
+                if final == "A":
+                    self._goto(self.row - n)
+                elif final == "B":
+                    self._goto(self.row + n)
+                elif final == "G":
+                    self.col = n - 1
+                elif final == "K":
+                    line = self.rows[self.row]
+                    if arg == "2":
+                        self.rows[self.row] = []
+                        self.wrapped[self.row] = False
+                    else:
+                        del line[self.col:]
+            elif token == "\r":
+                self.col = 0
+            elif token == "\n":
+                self._goto(self.row + 1)
+                self.col = 0
+            elif not token.startswith("\x1b"):
+                for ch in token:
+                    if self.col >= self.cols:
+                        self._goto(self.row + 1)
+                        self.rows[self.row] = []
+                        self.wrapped[self.row] = True
+                        self.col = 0
+                    line = self.rows[self.row]
+                    line.extend(" " * (self.col - len(line)))
+                    if self.col < len(line):
+                        line[self.col] = ch
+                    else:
+                        line.append(ch)
+                    self.col += 1
+            pos = m.end()
+        assert pos == len(text) or not text[pos:].strip()
+
+    def lines(self) -> list[str]:
+        """The logical lines on screen (rows the terminal wrapped are joined again)."""
+        out: list[str] = []
+        for row, wrapped in zip(self.rows, self.wrapped, strict=True):
+            text = "".join(row)
+            if wrapped and out:
+                out[-1] += text
+            else:
+                out.append(text.rstrip())
+        return out
+
+
+def run_on_a_terminal(cli: Cli, *args: str | Path, cols: int = 80) -> str:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, cols, 0, 0))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AKOBRIDGE_") and k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    env.update(TERM="xterm-256color", PYTHONIOENCODING="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "--state-dir", str(cli.state), "--clusters-dir",
+         str(cli.clusters), *map(str, args)],
+        stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+STAGGERED = "name: staggered\nspec:\n  runtime: local\n  activities:\n" + "".join(
+    f"    - name: step-{i}\n      run: sleep {0.3 * i:.1f}\n" for i in range(1, 7))
+
+
+def test_log_lines_on_a_terminal_appear_whole_above_the_live_view(cli: Cli) -> None:
+    import re
+
+    raw = run_on_a_terminal(cli, "-v", "run", cli.write("staggered.yaml", STAGGERED),
+                            "--webhook-wait", "0", cols=80)
+    plain = re.sub(r"\x1b\[[?0-9;]*[A-Za-z]", "", raw)
+    emitted = plain.count("job state")
+    assert emitted >= 6, plain  # info lines were logged while the live view was up
+    screen = Terminal(80)
+    screen.feed(raw)
+    shown = [line for line in screen.lines() if "job state" in line]
+    assert len(shown) == emitted, "\n".join(screen.lines())  # none overwritten by the view
+    for line in shown:  # each one whole on its line: neither cut nor wrapped by rich
+        assert re.fullmatch(r"\S+ \[info\s*\] job state\s+.*token=akb-\S+", line), line
+        assert len(line) > 80  # longer than the terminal: the test means something
+    lines = screen.lines()
+    assert any(line.startswith("workflow #1 staggered: COMPLETED") for line in lines)
+    assert any(line.startswith("workflow 'staggered' is #1 on local (state: ")
+               and line.endswith("akobridge.db)") for line in lines), lines  # not wrapped
