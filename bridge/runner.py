@@ -13,11 +13,9 @@ workflows it is given (``run([7])`` leaves the others of the store alone).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +36,8 @@ log = structlog.get_logger("akobridge.runner")
 ROUND_WAIT_S = 1.0
 """How long a cycle waits for the clusters' rounds before it plans again (a slow cluster's
 round goes on in the background; it is not started twice)."""
+CLOSE_WAIT_S = 15.0
+"""How long :meth:`Bridge.close` waits for the rounds in flight."""
 
 
 class SubmissionError(ValueError):
@@ -45,13 +45,31 @@ class SubmissionError(ValueError):
 
 
 class _Lane:
-    """A cluster's worker, its thread and its round in flight."""
+    """A cluster's worker and its round in flight, on a daemon thread of its own (a round
+    stuck on a hung cluster never keeps the process from exiting)."""
 
-    def __init__(self, worker: ClusterWorker, store: Store, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, worker: ClusterWorker, store: Store) -> None:
         self.worker = worker
         self.store = store
-        self.pool = pool
-        self.round: Future[bool] | None = None
+        self.thread: threading.Thread | None = None
+        self.outcome: bool | BaseException = False
+
+    def start(self, order: RoundOrder) -> None:
+        def go() -> None:
+            try:
+                self.outcome = self.worker.round(order)
+            except BaseException as exc:  # noqa: BLE001 - handed to the cycle's thread
+                self.outcome = exc
+
+        self.thread = threading.Thread(target=go, name=f"akb-{self.worker.name}", daemon=True)
+        self.thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None
+
+    def finished(self) -> bool:
+        return self.thread is not None and not self.thread.is_alive()
 
 
 class Bridge:
@@ -69,6 +87,7 @@ class Bridge:
         self.runtimes: dict[str, Runtime] = {}
         self._runtime_factory = runtime_factory
         self._runtime_lock = threading.Lock()
+        self._runtime_locks: dict[str, threading.Lock] = {}
         self._lanes: dict[str, _Lane] = {}
         self.planner = Planner(store, self.cluster, self._staged, clock)
         self.unreachable: dict[str, str] = {}
@@ -106,30 +125,41 @@ class Bridge:
     # -- runtimes and workers -----------------------------------------------------------------
     def runtime(self, name: str) -> Runtime:
         """The (one, shared) runtime of a cluster, opened on first use."""
-        with self._runtime_lock:
+        with self._runtime_lock:  # one lock per cluster: a slow connect blocks no other
+            lock = self._runtime_locks.setdefault(name, threading.Lock())
+        with lock:
             if name not in self.runtimes:
                 self.runtimes[name] = self._runtime_factory(self.cluster(name))
             return self.runtimes[name]
 
     def _lane(self, name: str) -> _Lane:
         if name not in self._lanes:
-            pool = ThreadPoolExecutor(1, thread_name_prefix=f"akb-{name}")
-            store = pool.submit(Store, self.store.path).result()  # the thread's own connection
+            store = Store(self.store.path, handed_over=True)  # the worker's own connection
             worker = ClusterWorker(name, store, self.runtime, self.cluster, self.clock)
-            self._lanes[name] = _Lane(worker, store, pool)
+            self._lanes[name] = _Lane(worker, store)
         return self._lanes[name]
 
     def _staged(self, wf: WorkflowRow) -> bool:
         return bool(staged_volumes(wf, self.cluster(wf.runtime)))
 
     def close(self) -> None:
-        """Wait for rounds in flight, then close connections."""
-        for lane in self._lanes.values():
-            lane.pool.submit(lane.store.close).result()
-            lane.pool.shutdown(wait=True)
+        """Let rounds in flight finish (up to :data:`CLOSE_WAIT_S`), then close connections.
+        A round still stuck on a hung cluster is left behind: every change it made is
+        committed, and what it was doing is looked up again on the next start."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        stuck = set()
+        for name, lane in self._lanes.items():
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, deadline - time.monotonic()))
+                if lane.thread.is_alive():
+                    stuck.add(name)
+                    log.warning("leaving a cluster round unfinished", cluster=name)
+                    continue
+            lane.store.close()
         self._lanes.clear()
-        for rt in self.runtimes.values():
-            rt.close()
+        for name, rt in self.runtimes.items():
+            if name not in stuck:
+                rt.close()
 
     # -- the cycle ----------------------------------------------------------------------------
     def cycle(self, wf_ids: Iterable[int] | None = None) -> bool:
@@ -143,15 +173,13 @@ class Bridge:
             self._lane(name).worker.mark_absent(ids)
         for name in self._clusters_wanted(driven, plan):
             lane = self._lane(name)
-            if lane.round is None:
-                order = RoundOrder(driven, plan.prepare.get(name, set()),
-                                   plan.stage_out.get(name, set()), self.hold)
-                lane.round = lane.pool.submit(lane.worker.round, order)
-        pending = [lane.round for lane in self._lanes.values() if lane.round is not None]
+            if not lane.busy:
+                lane.start(RoundOrder(driven, plan.prepare.get(name, set()),
+                                      plan.stage_out.get(name, set()), self.hold))
         deadline = time.monotonic() + ROUND_WAIT_S
-        for fut in pending:
-            with contextlib.suppress(Exception):  # looked at in _collect
-                fut.result(timeout=max(0.0, deadline - time.monotonic()))
+        for lane in self._lanes.values():
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, deadline - time.monotonic()))
         return self._collect() or changed
 
     def _clusters_wanted(self, driven: set[int], plan: PlanResult) -> set[str]:
@@ -165,22 +193,20 @@ class Bridge:
         tried again next cycle), anything else is a bug and is raised."""
         changed = False
         for name, lane in self._lanes.items():
-            fut = lane.round
-            if fut is None or not fut.done():
+            if not lane.finished():
                 continue
-            lane.round = None
-            exc = fut.exception()
-            if exc is None:
-                changed |= fut.result()
+            lane.thread, outcome = None, lane.outcome
+            if isinstance(outcome, bool):
+                changed |= outcome
                 self.unreachable.pop(name, None)
-            elif isinstance(exc, TransportRefused):
-                raise exc
-            elif isinstance(exc, TransportError):
-                if self.unreachable.get(name) != str(exc):
-                    log.warning("cannot reach cluster", cluster=name, error=str(exc))
-                self.unreachable[name] = str(exc)
+            elif isinstance(outcome, TransportRefused):
+                raise outcome
+            elif isinstance(outcome, TransportError):
+                if self.unreachable.get(name) != str(outcome):
+                    log.warning("cannot reach cluster", cluster=name, error=str(outcome))
+                self.unreachable[name] = str(outcome)
             else:
-                raise exc
+                raise outcome
         return changed
 
     def run(self, wf_ids: Iterable[int] | None = None, *, idle_s: float | None = None,

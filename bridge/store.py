@@ -160,10 +160,13 @@ class AttemptRow:
 class Store:
     """SQLite-backed state; one instance per thread (connections are not shared)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, handed_over: bool = False) -> None:
+        """``handed_over``: the connection may move between threads (never used by two at
+        once — a cluster worker's rounds each run on a thread of their own)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0,
+                                  check_same_thread=not handed_over)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
