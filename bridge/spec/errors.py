@@ -67,7 +67,10 @@ def load_yaml(text: str) -> tuple[yaml.Node | None, object, list[Problem]]:
     Syntax errors, duplicate keys, recursive aliases and alias bombs are problems. Merge keys
     are applied to the node tree as well, so :func:`locate` finds merged fields.
     """
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses control characters right here
+    except yaml.reader.ReaderError as exc:
+        return None, None, [_unprintable(text, exc)]
     try:
         node = loader.get_single_node()
         if node is None:
@@ -80,12 +83,25 @@ def load_yaml(text: str) -> tuple[yaml.Node | None, object, list[Problem]]:
         where = f" ({exc.context})" if exc.context else ""
         mark = exc.problem_mark or exc.context_mark
         return None, None, [Problem("", f"YAML syntax error: {exc.problem}{where}", line_of(mark))]
+    except yaml.reader.ReaderError as exc:
+        return None, None, [_unprintable(text, exc)]
     except yaml.YAMLError as exc:
         return None, None, [Problem("", f"YAML syntax error: {exc}")]
     except RecursionError:
         return None, None, [Problem("", "the document is nested too deeply")]
     finally:
         loader.dispose()
+
+
+def _unprintable(text: str, exc: yaml.reader.ReaderError) -> Problem:
+    """A character YAML does not allow (NUL, other control bytes, lone surrogates), with its
+    line and column."""
+    position = max(0, min(exc.position, len(text)))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+    return Problem("", f"column {column}: character U+{code:04X} is not allowed in YAML "
+                       "(only printable characters, tabs and line breaks are)", line)
 
 
 class _Reject(Exception):
