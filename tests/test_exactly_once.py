@@ -166,3 +166,24 @@ def test_run_drives_only_its_workflow(tmp_path: Path) -> None:
     assert {a.state.value for a in store.activities(other)} == {"PENDING"}
     assert all(not store.attempts(a.id) for a in store.activities(other))
     assert not (tmp_path / "o").exists()
+
+
+def test_two_runs_started_at_once_on_one_state_dir(tmp_path: Path) -> None:
+    """Both start in the same instant: one owns the state dir, the other is refused before it
+    stores anything; every activity runs once."""
+    runs = tmp_path / "runs"
+    wf_file = tmp_path / "wf.yaml"
+    wf_file.write_text(staggered("twice", 12, runs, 4).replace("sleep 0.0", "sleep 0.5"))
+    cli, env = _cli(tmp_path / "state", None)
+    procs = [subprocess.Popen([*cli, "run", str(wf_file), "--webhook-wait", "0"], env=env,
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    results = [(p.wait(timeout=120), p.communicate()[1].decode()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "pid" in refused and "Traceback" not in refused, refused
+    store = Store(tmp_path / "state" / "akobridge.db")
+    assert len(store.workflows()) == 1
+    counts = executions(runs)
+    assert len(counts) == 12 and set(counts.values()) == {1}, counts
