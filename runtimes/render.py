@@ -122,6 +122,9 @@ def _command(workflow: Workflow, step: Step, cluster: ClusterConfig, jobdir: str
             binds.append(path.rstrip("/") or "/")
     words = [engine, "exec", *cluster.container.exec_flags]
     for path in binds:
+        if "," in path or ":" in path:  # the engine splits --bind at ',' and ':'
+            raise RenderError(f"activity {step.name}: bind path {path!r} contains ',' or ':'"
+                              " (the container engine would read more mounts or options)")
         words += ["--bind", path]
     words += ["--pwd", workdir or jobdir, image_path(image, cluster)]
     return " ".join(shlex.quote(w) for w in words) + " " + run

@@ -193,6 +193,11 @@ def download(transport: Transport, remote_root: str, names: Sequence[str],
 
 
 # -- tar streams ---------------------------------------------------------------------------
+SAFE_MODE = 0o777
+"""Permission bits a staged file keeps: never setuid, setgid or sticky (a file from the
+cluster must not become a setuid program on the bridge host, nor the other way round)."""
+
+
 def _write_tar(root: str, names: Iterable[str], out: BinaryIO) -> None:
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for rel in names:
@@ -201,7 +206,7 @@ def _write_tar(root: str, names: Iterable[str], out: BinaryIO) -> None:
                 info = tarfile.TarInfo(rel)
                 info.size = st.st_size
                 info.mtime = st.st_mtime_ns // 1_000_000_000
-                info.mode = stat.S_IMODE(st.st_mode)
+                info.mode = stat.S_IMODE(st.st_mode) & SAFE_MODE
                 tar.addfile(info, f)
 
 
@@ -243,7 +248,7 @@ def extract_tar(stream: BinaryIO, root: str) -> tuple[int, int]:
                 with os.fdopen(fd, "wb") as f:
                     while chunk := data.read(1 << 20):
                         f.write(chunk)
-                os.chmod(tmp, member.mode & 0o7777)
+                os.chmod(tmp, member.mode & SAFE_MODE)
                 os.utime(tmp, (member.mtime, member.mtime))
                 os.replace(tmp, dest)
             except BaseException:

@@ -218,7 +218,7 @@ def _check(data: dict[Any, Any], root: yaml.Node | None) -> tuple[list[Problem],
     c.text(spec, at, "namespace", lambda v: safety.check_name(v, "namespace"))
     c.text(spec, at, "runtime", lambda v: safety.check_name(v, "runtime"))
     c.text(spec, at, "image", safety.check_image)
-    c.text(spec, at, "mountPath", lambda v: safety.check_path(v, "mountPath"))
+    c.text(spec, at, "mountPath", lambda v: safety.check_bind_path(v, "mountPath"))
     c.text(spec, at, "schedule", check_cron)
     for i, volume in _items(spec.get("volumes")):
         if isinstance(volume, str):
@@ -262,7 +262,7 @@ def _check_activities(c: _Checker, activities: list[tuple[int, dict[Any, Any]]])
         if isinstance(run, str) and not run.strip():
             c.problem((*at, "run"), "run is empty: give the command(s) to execute")
         c.text(act, at, "image", safety.check_image)
-        c.text(act, at, "mountPath", lambda v: safety.check_path(v, "mountPath"))
+        c.text(act, at, "mountPath", lambda v: safety.check_bind_path(v, "mountPath"))
         c.text(act, at, "runtime", lambda v: safety.check_name(v, "runtime"))
         for key, parse in (("cpuLimit", parse_cpu), ("memoryLimit", parse_memory_mib)):
             if act.get(key) is not None:
@@ -366,7 +366,7 @@ def parse_volume(value: str) -> Volume:
     source, target = value.split(":")
     return Volume(
         source=safety.check_path(source, "volume source"),
-        target=safety.check_path(target, "volume target"),
+        target=safety.check_bind_path(target, "volume target"),
     )
 
 

@@ -80,6 +80,17 @@ def check_path(value: str, what: str) -> str:
     return value
 
 
+def check_bind_path(value: str, what: str) -> str:
+    """A path that becomes a container bind mount: :func:`check_path`, and no ``,`` or ``:``
+    (``--bind`` splits at them: ``/data,/etc:/x`` would mount ``/etc``)."""
+    value = check_path(value, what)
+    for ch in ",:":
+        if ch in value:
+            raise ValueError(f"{what} {show(value)} must not contain {ch!r} (it is bound into"
+                             " the container, and the engine splits bind lists at ',' and ':')")
+    return value
+
+
 def check_image(value: str, what: str = "image") -> str:
     """An image file path (see :func:`check_path`) or a docker/library/oras/shub URI."""
     value = _require_str(value, what)
