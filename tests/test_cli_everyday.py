@@ -74,9 +74,13 @@ def activity_states(cli: Cli, wf_id: int) -> dict[str, str]:
 
     if not (cli.state / "akobridge.db").exists():
         return {}
-    with closing(sqlite3.connect(f"file:{cli.state / 'akobridge.db'}?mode=ro", uri=True)) as db:
-        return dict(db.execute("SELECT name, state FROM activities WHERE workflow_id=?",
-                               (wf_id,)).fetchall())
+    try:  # the run may have created the file but not yet its tables
+        with closing(sqlite3.connect(f"file:{cli.state / 'akobridge.db'}?mode=ro",
+                                     uri=True)) as db:
+            return dict(db.execute("SELECT name, state FROM activities WHERE workflow_id=?",
+                                   (wf_id,)).fetchall())
+    except sqlite3.OperationalError:
+        return {}
 
 
 def attempts_of(cli: Cli, wf_id: int, name: str) -> list[tuple[int, str | None, str]]:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from runtimes.base import JobState
 
 SEP = "|"
+UTC_ENV = ("env", "TZ=UTC")
 SQUEUE_FORMAT = "%i|%j|%T|%r|%S|%e"
 SACCT_FIELDS = "JobIDRaw,JobName,State,ExitCode,Start,End,Elapsed,Reason"
 
@@ -56,6 +57,12 @@ class AcctRow:
     reason: str | None
 
 
+def in_utc(argv: Sequence[str]) -> list[str]:
+    """``argv`` run with ``TZ=UTC``, so Slurm prints (and reads) times in UTC whatever the
+    zone of the login node or of the account's shell start-up files."""
+    return [*UTC_ENV, *argv]
+
+
 def squeue_argv() -> list[str]:
     """All of this user's jobs, finished ones included (one controller RPC)."""
     return ["squeue", "--me", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}"]
@@ -92,14 +99,16 @@ def slurm_state(text: str) -> tuple[JobState | None, str]:
 
 
 def parse_time(text: str) -> datetime | None:
-    """Slurm timestamps (``2026-11-23T18:01:02``, local time) as aware UTC datetimes."""
+    """Slurm timestamps (``2026-11-23T18:01:02``) as aware UTC datetimes: the commands run
+    with ``TZ=UTC`` (:func:`in_utc`), so a naive time is UTC, never the bridge's own zone."""
     text = text.strip()
     if not text or text in ("N/A", "NONE", "Unknown", "None"):
         return None
     try:
-        return datetime.fromisoformat(text).astimezone(UTC)
+        stamp = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
 def parse_sbatch(stdout: str) -> str:

@@ -49,7 +49,7 @@ class SlurmRuntime(Runtime):
     def _run(self, argv: list[str], stdin: bytes | None = None) -> Completed:
         with self._lock:
             self.calls[argv[0]] += 1
-        return self.transport.run(argv, stdin=stdin)
+        return self.transport.run(cmd.in_utc(argv), stdin=stdin)
 
     def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
         files: dict[str, bytes] = {}
@@ -61,7 +61,7 @@ class SlurmRuntime(Runtime):
         except OSError as exc:
             error = f"cannot write job directory: {exc}"
             return [Submitted(r.token, None, error) for r in requests]
-        argvs = [cmd.sbatch_argv(f"{r.jobdir}/{SCRIPT_FILE}") for r in requests]
+        argvs = [cmd.in_utc(cmd.sbatch_argv(f"{r.jobdir}/{SCRIPT_FILE}")) for r in requests]
         with self._lock:
             self.calls["sbatch"] += len(argvs)
         try:
