@@ -28,6 +28,7 @@ from rich.table import Table
 from bridge import __version__, config, logs
 from bridge.engine import WorkflowState
 from bridge.events import DeliveryLoop, make_due, next_try, pending_by_destination
+from bridge.jobs import render_step
 from bridge.logview import LogReader
 from bridge.owner import StateDirBusy, StateDirLock, read_owner
 from bridge.progress import (
@@ -42,7 +43,7 @@ from bridge.runner import Bridge, SubmissionError
 from bridge.spec import SpecError, Workflow, parse_akoflow
 from bridge.store import ActivityRow, Store, WorkflowRow, now_utc
 from runtimes.config import ClusterConfigError, Clusters, UnknownCluster
-from runtimes.render import RenderError, job_token, render
+from runtimes.render import RenderError, job_token
 
 
 def _console(stderr: bool) -> Console:
@@ -283,9 +284,9 @@ def render_cmd(ctx: click.Context, file: Path, runtime: str | None,
         try:
             cluster = clusters.require(step.runtime or wf.runtime).resolved(_state(ctx))
             workdir = cluster.workdir
-            rendered = render(wf, step, cluster, workflow_id=0, attempt=1,
-                              token=job_token("render", 0, i, 1),
-                              jobdir=f"{workdir}/{wf.name}-0/{step.name}/1")
+            rendered = render_step(wf, step, cluster, workflow_id=0, attempt=1,
+                                   token=job_token("render", 0, i, 1),
+                                   jobdir=f"{workdir}/{wf.name}-0/{step.name}/1")
         except (UnknownCluster, RenderError) as exc:
             fail(str(exc))
         click.echo(f"# ---- {step.name} ----")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import structlog
 
+from bridge.jobs import render_step
 from bridge.phases.plan import Planner, PlanResult
 from bridge.phases.prepare import staged_volumes
 from bridge.spec.model import Workflow
@@ -28,7 +29,7 @@ from bridge.store import Store, WorkflowRow, now_utc
 from bridge.worker import ClusterWorker, RoundOrder
 from runtimes import Runtime, open_runtime
 from runtimes.config import ClusterConfig, Clusters, UnknownCluster
-from runtimes.render import RenderError, render
+from runtimes.render import RenderError
 from runtimes.transport import TransportError, TransportRefused
 
 log = structlog.get_logger("akobridge.runner")
@@ -114,8 +115,8 @@ class Bridge:
         for step in wf.steps:
             cfg = self.cluster(step.runtime or wf.runtime)
             try:
-                render(wf, step, cfg, workflow_id=0, token="akb-check", jobdir="/check",
-                       attempt=1)
+                render_step(wf, step, cfg, workflow_id=0, token="akb-check", jobdir="/check",
+                            attempt=1)
             except RenderError as exc:
                 raise SubmissionError(str(exc)) from None
         wf_id = self.store.add_workflow(wf)

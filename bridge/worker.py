@@ -25,12 +25,13 @@ from datetime import datetime
 
 import structlog
 
+from bridge.jobs import render_step
 from bridge.phases.prepare import prepare, stage_out
 from bridge.phases.record import record_never_submitted, record_observation, record_submitted
 from bridge.store import AttemptRow, Store
 from runtimes import JobRequest, JobState, Runtime, TrackedJob
 from runtimes.config import ClusterConfig
-from runtimes.render import RenderError, render
+from runtimes.render import RenderError
 from runtimes.transport import TransportError, TransportRefused
 
 log = structlog.get_logger("akobridge.worker")
@@ -180,8 +181,8 @@ class ClusterWorker:
             wf = self.store.workflow(act.workflow_id)
             assert wf is not None  # attempts never outlive their workflow
             try:
-                rendered = render(wf.spec, act.spec, cluster, workflow_id=wf.id,
-                                  token=a.token, jobdir=a.jobdir, attempt=a.number)
+                rendered = render_step(wf.spec, act.spec, cluster, workflow_id=wf.id,
+                                       token=a.token, jobdir=a.jobdir, attempt=a.number)
             except RenderError as exc:
                 self.absent.discard(a.id)
                 record_never_submitted(self.store, a, JobState.FAILED, str(exc), self.clock())

@@ -16,27 +16,25 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+from runtimes import safety
+
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@%/+=-]+)?$")
 
 
-def _safe_name(v: str | None) -> str | None:
-    """A name that may appear in an #SBATCH line or a path: letters, digits, ``._-``."""
-    if v is not None and not _NAME.match(v):
-        raise ValueError("may contain only letters, digits, '.', '_' and '-'")
-    return v
+def _safe_name(v: str | None, what: str = "value") -> str | None:
+    """A name that may appear in an #SBATCH line or a path (``safety.check_name``)."""
+    return None if v is None else safety.check_name(v, what)
 
 
-def _abs_path(v: str | None) -> str | None:
-    """An absolute path made only of characters that are safe in a shell script."""
-    if v is not None and not re.match(r"^/[A-Za-z0-9._/+@%=,~-]*$", v):
-        raise ValueError("must be an absolute path of letters, digits and ._/+@%=,~-")
-    return v
+def _abs_path(v: str | None, what: str = "path") -> str | None:
+    """An absolute plain path with no ``..`` (``safety.check_path``)."""
+    return None if v is None else safety.check_path(v, what)
 
 
 class _Strict(BaseModel):
@@ -120,8 +118,8 @@ class SlurmSettings(_Strict):
 
     @field_validator("partition", "account", "qos")
     @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        return _safe_name(v)
+    def _name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _safe_name(v, str(info.field_name))
 
     @field_validator("default_time")
     @classmethod
@@ -150,7 +148,7 @@ class ContainerSettings(_Strict):
     @field_validator("image_cache")
     @classmethod
     def _cache(cls, v: str | None) -> str | None:
-        return _abs_path(v)
+        return _abs_path(v, "image_cache")
 
     @field_validator("exec_flags")
     @classmethod
@@ -205,13 +203,33 @@ class ClusterConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        _safe_name(v)
+        return safety.check_name(v, "name")
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in v:
+            safety.check_name(alias, "alias")
+            if alias == "local":
+                raise ValueError("alias 'local' is reserved for the built-in local runtime")
+        if len(set(v)) != len(v):
+            raise ValueError("an alias is listed twice")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            safety.check_env_name(key, "env key")
+            if "\0" in value:
+                raise ValueError(f"env {key}: the value contains a NUL byte")
         return v
 
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, v: str | None) -> str | None:
-        return _abs_path(v)
+        """Job directories are bound into containers: no ``,`` or ``:``, no ``..``."""
+        return None if v is None else safety.check_bind_path(v, "workdir")
 
 
 LOCAL = ClusterConfig(
@@ -251,12 +269,21 @@ class UnknownCluster(ValueError):
 
 
 class Clusters:
-    """The clusters a bridge knows, by name and alias."""
+    """The clusters a bridge knows, by name and alias (unique; a config named ``local``
+    replaces the built-in local runtime)."""
 
     def __init__(self, configs: list[ClusterConfig]) -> None:
         self._by_name: dict[str, ClusterConfig] = {"local": LOCAL}
         for cfg in configs:
             for key in (cfg.name, *cfg.aliases):
+                taken = self._by_name.get(key)
+                if taken is not None and not (taken is LOCAL and key == cfg.name):
+                    # a file named "local" replaces the built-in; nothing else is shadowed
+                    what = "the built-in local runtime" if taken is LOCAL else (
+                        f"cluster {taken.name}")
+                    raise ClusterConfigError(
+                        f"cluster {cfg.name}: {'name' if key == cfg.name else 'alias'} "
+                        f"{key!r} is already taken by {what}; names and aliases must be unique")
                 self._by_name[key] = cfg
 
     @classmethod

@@ -1,6 +1,8 @@
 """Render one sbatch script per activity attempt from the template in ``templates/``.
 
-Every user value is validated at intake (``bridge.spec.safety``) and shell-quoted here as well.
+The input is a :class:`JobSpec` (what one attempt needs, whatever format the workflow came
+in); the bridge builds it (``bridge.jobs``). Every user value is validated at intake with
+``runtimes.safety``, checked again here with the same functions, and shell-quoted.
 The ``run`` text never enters the script: it is written byte-exact to ``command.sh`` in the job
 directory, which the script runs inside the container.
 """
@@ -8,20 +10,18 @@ directory, which the script runs inside the container.
 from __future__ import annotations
 
 import math
-import re
 import shlex
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 
-from bridge.spec.model import Step, Workflow
+from runtimes import safety
 from runtimes.config import ClusterConfig
 from runtimes.images import image_path
 from runtimes.jobdir import COMMAND_FILE
 
 _TEMPLATE = resources.files("runtimes").joinpath("templates/sbatch.sh").read_text("utf-8")
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.,:@%/+=\[\]-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SELECTOR_OPTION = {
+SELECTOR_OPTION = {
     "partition": "partition", "constraint": "constraint", "feature": "constraint",
     "nodelist": "nodelist", "qos": "qos", "account": "account", "gres": "gres",
 }
@@ -29,6 +29,32 @@ _SELECTOR_OPTION = {
 
 class RenderError(ValueError):
     """The step cannot become a job script on this cluster (the message says why)."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one attempt of an activity needs to become a job script."""
+
+    workflow: str
+    """The workflow's name (comments and ``AKB_WORKFLOW``)."""
+    workflow_id: int
+    activity: str
+    attempt: int
+    token: str
+    """The unique job name (see :func:`job_token`)."""
+    jobdir: str
+    run: str
+    """The command text, written byte-exact to ``command.sh``."""
+    image: str | None = None
+    workdir: str | None = None
+    """Where the command runs (AkoFlow ``mountPath``); default: the job directory."""
+    binds: tuple[str, ...] = ()
+    """Extra paths bound into the container (the volumes' targets)."""
+    cpus: int | None = None
+    memory_mib: int | None = None
+    time_limit_s: int | None = None
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -51,80 +77,75 @@ def slurm_time(seconds: int) -> str:
     return f"{days}-{rem // 60:02d}:{rem % 60:02d}:00"
 
 
-def render(
-    workflow: Workflow, step: Step, cluster: ClusterConfig, *,
-    workflow_id: int, token: str, jobdir: str, attempt: int,
-) -> Rendered:
-    """The job script for one attempt of ``step`` and the files it needs."""
-    res = step.resources
-    options = _scheduling_options(step, cluster)
+def render(job: JobSpec, cluster: ClusterConfig) -> Rendered:
+    """The job script for one attempt and the files it needs."""
     fields = {
-        "token": token,
-        "jobdir": jobdir,
-        "q_jobdir": shlex.quote(jobdir),
-        "cpus": res.cpus or 1,
-        "memory": f"#SBATCH --mem={res.memory_mib}M\n" if res.memory_mib else "",
-        "time": slurm_time(res.time_limit_s) if res.time_limit_s else cluster.slurm.default_time,
-        "scheduling": "".join(f"#SBATCH {opt}\n" for opt in options),
-        "workflow": workflow.name,
-        "workflow_id": workflow_id,
-        "activity": step.name,
-        "attempt": attempt,
+        "token": job.token,
+        "jobdir": job.jobdir,
+        "q_jobdir": shlex.quote(job.jobdir),
+        "cpus": job.cpus or 1,
+        "memory": f"#SBATCH --mem={job.memory_mib}M\n" if job.memory_mib else "",
+        "time": slurm_time(job.time_limit_s) if job.time_limit_s else cluster.slurm.default_time,
+        "scheduling": "".join(f"#SBATCH {opt}\n" for opt in _scheduling_options(job, cluster)),
+        "workflow": job.workflow,
+        "workflow_id": job.workflow_id,
+        "activity": job.activity,
+        "attempt": job.attempt,
         "prologue": cluster.prologue.rstrip("\n") + "\n" if cluster.prologue.strip() else "",
-        "env": "".join(f"export {k}={shlex.quote(v)}\n" for k, v in _env(step).items()),
-        "command": _command(workflow, step, cluster, jobdir),
+        "env": "".join(f"export {k}={shlex.quote(v)}\n" for k, v in _env(job).items()),
+        "command": _command(job, cluster),
     }
     return Rendered(
         script=_TEMPLATE.format(**fields),
-        files={f"{jobdir}/{COMMAND_FILE}": step.run.encode("utf-8")},
+        files={f"{job.jobdir}/{COMMAND_FILE}": job.run.encode("utf-8")},
     )
 
 
-def _scheduling_options(step: Step, cluster: ClusterConfig) -> list[str]:
+def _checked(job: JobSpec, check: Callable[[str, str], str], value: str, what: str) -> str:
+    try:
+        return check(value, what)
+    except ValueError as exc:
+        raise RenderError(f"activity {job.activity}: {exc}") from None
+
+
+def _scheduling_options(job: JobSpec, cluster: ClusterConfig) -> list[str]:
     chosen: dict[str, str] = {}
     s = cluster.slurm
     for name, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos)):
         if value:
             chosen[name] = value
-    for key, value in step.resources.node_selector.items():
-        option = _SELECTOR_OPTION.get(key)
+    for key, value in job.node_selector.items():
+        option = SELECTOR_OPTION.get(key)
         if option is None:
             continue
-        if not _SAFE_VALUE.match(value):
-            raise RenderError(f"activity {step.name}: nodeSelector {key}={value!r} is not safe")
-        chosen[option] = value
+        chosen[option] = _checked(job, safety.check_label, value, f"nodeSelector {key!r}")
     return [f"--{k}={v}" for k, v in chosen.items()] + list(s.extra_options)
 
 
-def _env(step: Step) -> dict[str, str]:
-    for name in step.env:
-        if not _ENV_NAME.match(name):
-            raise RenderError(f"activity {step.name}: {name!r} is not a valid variable name")
-    return dict(step.env)
+def _env(job: JobSpec) -> Mapping[str, str]:
+    for name in job.env:
+        _checked(job, safety.check_env_name, name, "env")
+    return job.env
 
 
-def _command(workflow: Workflow, step: Step, cluster: ClusterConfig, jobdir: str) -> str:
+def _command(job: JobSpec, cluster: ClusterConfig) -> str:
     run = f'/bin/bash "$AKB_JOBDIR/{COMMAND_FILE}"'
-    workdir = step.mount_path or workflow.mount_path
     engine = cluster.container.engine
     if engine == "none":
-        cd = f"cd {shlex.quote(workdir)} || exit 1\n" if workdir else 'cd "$AKB_JOBDIR" || exit 1\n'
-        return cd + run
-    image = step.image or workflow.image
-    if not image:
+        if job.workdir:
+            return f"cd {shlex.quote(job.workdir)} || exit 1\n" + run
+        return 'cd "$AKB_JOBDIR" || exit 1\n' + run
+    if not job.image:
         raise RenderError(
-            f"activity {step.name}: no image; set spec.image or activities[].image "
+            f"activity {job.activity}: no image; set spec.image or activities[].image "
             f"(cluster {cluster.name} runs containers with {engine})"
         )
     binds: list[str] = []
-    for path in (*(v.target for v in workflow.volumes), workdir, jobdir):
+    for path in (*job.binds, job.workdir, job.jobdir):
         if path and path.rstrip("/") not in binds:
             binds.append(path.rstrip("/") or "/")
     words = [engine, "exec", *cluster.container.exec_flags]
-    for path in binds:
-        if "," in path or ":" in path:  # the engine splits --bind at ',' and ':'
-            raise RenderError(f"activity {step.name}: bind path {path!r} contains ',' or ':'"
-                              " (the container engine would read more mounts or options)")
-        words += ["--bind", path]
-    words += ["--pwd", workdir or jobdir, image_path(image, cluster)]
+    for path in binds:  # the engine splits --bind at ',' and ':'
+        words += ["--bind", _checked(job, safety.check_bind_path, path, "bind path")]
+    words += ["--pwd", job.workdir or job.jobdir, image_path(job.image, cluster)]
     return " ".join(shlex.quote(w) for w in words) + " " + run

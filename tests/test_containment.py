@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from bridge.jobs import render_step
 from bridge.spec import parse_akoflow
 from bridge.spec.errors import SpecError
 from runtimes.config import LOCAL, ContainerSettings
-from runtimes.render import RenderError, render
+from runtimes.render import RenderError
 from runtimes.staging import stage_in, stage_out
 from runtimes.transport import LocalTransport
 
@@ -41,9 +42,9 @@ def test_render_refuses_a_bind_with_a_comma_whatever_the_intake(tmp_path: Path) 
     cluster = LOCAL.model_copy(update={"kind": "slurm", "container": ContainerSettings(
         engine="singularity")})
     step = wf.steps[0].model_copy(update={"image": "/img/a.sif"})
-    with pytest.raises(RenderError, match="contains ',' or ':'"):
-        render(wf, step, cluster, workflow_id=1, token="akb-t-1-1-1",
-               jobdir="/scratch/jobs/a,/etc", attempt=1)
+    with pytest.raises(RenderError, match="bind path '/scratch/jobs/a,/etc' must not contain ','"):
+        render_step(wf, step, cluster, workflow_id=1, token="akb-t-1-1-1",
+                    jobdir="/scratch/jobs/a,/etc", attempt=1)
 
 
 def test_staging_strips_setuid_and_setgid(tmp_path: Path) -> None:

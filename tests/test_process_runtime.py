@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from bridge.jobs import render_step
 from bridge.spec import parse_akoflow
 from runtimes import JobRequest, JobState, JobStatus, TrackedJob
 from runtimes.config import LOCAL
 from runtimes.process import ProcessRuntime
-from runtimes.render import render
 
 
 @pytest.fixture()
@@ -40,8 +40,8 @@ def request(tmp_path: Path, run: str, name: str = "step") -> JobRequest:
     wf = parse_akoflow(text).workflow
     jobdir = str(tmp_path / "jobs" / name / "1")
     token = f"akb-test-1-{name}-1"
-    rendered = render(wf, wf.steps[0], LOCAL, workflow_id=1, token=token, jobdir=jobdir,
-                      attempt=1)
+    rendered = render_step(wf, wf.steps[0], LOCAL, workflow_id=1, token=token, jobdir=jobdir,
+                           attempt=1)
     return JobRequest(token, jobdir, rendered.script, rendered.files)
 
 

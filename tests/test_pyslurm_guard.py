@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from bridge.jobs import render_step
 from bridge.runner import Bridge
 from bridge.spec.model import Resources, Step, Workflow
 from bridge.store import Store
@@ -27,7 +28,6 @@ from runtimes.config import (
     SlurmSettings,
     load_cluster,
 )
-from runtimes.render import render
 from runtimes.slurm.pyslurm_backend import (
     PyslurmRuntime,
     check_pyslurm,
@@ -221,8 +221,8 @@ def _request(tmp_path: Path, cluster: ClusterConfig, name: str, **resources: Any
     step = Step(name=name, run="echo hi", resources=Resources(**resources))
     wf = Workflow(name="w", steps=(step,))
     jobdir = str(tmp_path / name)
-    rendered = render(wf, step, cluster, workflow_id=1, token=f"akb-t-{name}", jobdir=jobdir,
-                      attempt=1)
+    rendered = render_step(wf, step, cluster, workflow_id=1, token=f"akb-t-{name}", jobdir=jobdir,
+                           attempt=1)
     return JobRequest(f"akb-t-{name}", jobdir, rendered.script, rendered.files)
 
 

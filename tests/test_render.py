@@ -9,10 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from bridge.jobs import render_step
 from bridge.spec import parse_akoflow
 from bridge.spec.model import Resources, Step, Workflow
 from runtimes.config import LOCAL, ClusterConfig, ContainerSettings, SlurmSettings
-from runtimes.render import RenderError, render, slurm_time
+from runtimes.render import JobSpec, RenderError, render, slurm_time
 
 CLUSTER = ClusterConfig(
     name="c", workdir="/w", prologue="module load singularity",
@@ -23,8 +24,8 @@ CLUSTER = ClusterConfig(
 
 def _render(step: Step, wf: Workflow | None = None, cluster: ClusterConfig = CLUSTER) -> str:
     wf = wf or Workflow(name="w", image="/img/x.sif", mount_path="/data", steps=(step,))
-    return render(wf, step, cluster, workflow_id=7, token="akb-t-7-1-1", jobdir="/w/j",
-                  attempt=1).script
+    return render_step(wf, step, cluster, workflow_id=7, token="akb-t-7-1-1", jobdir="/w/j",
+                       attempt=1).script
 
 
 @settings(max_examples=200, deadline=None)
@@ -32,12 +33,13 @@ def _render(step: Step, wf: Workflow | None = None, cluster: ClusterConfig = CLU
 def test_run_text_goes_to_command_file_byte_exact(run: str) -> None:
     step = Step(name="s", run=run)
     wf = Workflow(name="w", image="/img/x.sif", steps=(step,))
-    rendered = render(wf, step, CLUSTER, workflow_id=1, token="akb-t", jobdir="/w/j", attempt=1)
+    rendered = render_step(wf, step, CLUSTER, workflow_id=1, token="akb-t", jobdir="/w/j",
+                           attempt=1)
     assert rendered.files == {"/w/j/command.sh": run.encode("utf-8")}
     # the text never enters the script (a marker, since short texts like "part" occur anyway)
     marked = Step(name="s", run=f"AKB-RUN-TEXT:{run}")
-    script = render(wf, marked, CLUSTER, workflow_id=1, token="akb-t", jobdir="/w/j",
-                    attempt=1).script
+    script = render_step(wf, marked, CLUSTER, workflow_id=1, token="akb-t", jobdir="/w/j",
+                         attempt=1).script
     assert "AKB-RUN-TEXT" not in script
 
 
@@ -81,7 +83,7 @@ def test_quoting_of_values_that_reach_the_shell() -> None:
     script = _render(step)
     assert "export GREETING='it'\"'\"'s $(id) `x`'" in script
     bad = Step(name="s", run="x", env={"A;B": "1"})
-    with pytest.raises(RenderError, match="not a valid variable name"):
+    with pytest.raises(RenderError, match="is not a variable name"):
         _render(bad)
 
 
@@ -111,3 +113,37 @@ def test_akoflow_quantities_reach_the_script() -> None:
     ).workflow
     script = _render(wf.steps[0], wf)
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --mem=1908M" in script
+
+
+def test_the_renderer_takes_a_jobspec_without_any_workflow_model() -> None:
+    job = JobSpec(workflow="w", workflow_id=3, activity="a", attempt=2, token="akb-t-3-1-2",
+                  jobdir="/w/j", run="echo x", image="/img/x.sif", binds=("/data",),
+                  cpus=2, node_selector={"partition": "gpu"}, env={"K": "v"})
+    script = render(job, CLUSTER).script
+    assert "#SBATCH --job-name=akb-t-3-1-2" in script and "#SBATCH --partition=gpu" in script
+    assert "export K=v" in script and "--bind /data --bind /w/j" in script
+
+
+@pytest.mark.parametrize("value", ["gpu|bigmem", "gpu&ib", "[rack1*2|rack2*2]"])
+def test_node_selector_that_validate_accepts_is_rendered(value: str) -> None:
+    """One validator: what ``validate`` accepts, ``run`` renders (it refused ``gpu|bigmem``)."""
+    wf = parse_akoflow(
+        "name: q\nspec:\n  image: /i.sif\n  activities:\n    - name: a\n      run: x\n"
+        f"      nodeSelector: 'constraint={value}'\n"
+    ).workflow
+    assert f"#SBATCH --constraint={value}" in _render(wf.steps[0], wf).splitlines()
+
+
+def test_runtimes_never_import_bridge() -> None:
+    """The data flow runs one way: ``runtimes/`` knows nothing of ``bridge/``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "runtimes"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "bridge"]
+    assert offenders == []

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bridge.jobs import render_step
 from bridge.spec import parse_akoflow
 from conftest import REPO, STANDIN_BIN, Harness, Receiver
 from runtimes.config import ClusterConfig, ContainerSettings, SlurmSettings
-from runtimes.render import job_token, render
+from runtimes.render import job_token
 
 SEED = (REPO / "tests" / "data" / "seed.yaml").read_text()
 GOLDEN = REPO / "tests" / "golden" / "seed.sbatch"
@@ -51,7 +52,7 @@ def test_seed_validates_exactly_as_written() -> None:
 def test_seed_renders_to_the_golden_script() -> None:
     wf = parse_akoflow(SEED).workflow
     step = wf.steps[0]
-    rendered = render(
+    rendered = render_step(
         wf, step, SDUMONT_LIKE, workflow_id=1, attempt=1,
         token=job_token("0a1b2c", 1, 1, 1),
         jobdir="/scratch/myproj/akobridge/p-inference-nemo-1/inference-examples/1",

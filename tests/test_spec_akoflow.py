@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from bridge.spec import Problem, SpecError, Step, Workflow, parse_akoflow
 from bridge.spec.akoflow import Parsed, find_cycles
 from bridge.spec.model import Volume
-from bridge.spec.safety import check_image, check_name, check_path, check_webhook_url
+from runtimes.safety import check_image, check_name, check_path, check_webhook_url
 
 SEED = Path(__file__).parent / "data" / "seed.yaml"
 

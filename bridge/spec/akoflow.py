@@ -18,12 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
-from bridge.spec import safety
 from bridge.spec.errors import Loc, Problem, SpecError, load_yaml, locate
 from bridge.spec.model import Resources, Step, Volume, Webhook, Workflow
 from bridge.spec.quantities import parse_cpu, parse_memory_mib
+from runtimes import safety
+from runtimes.render import SELECTOR_OPTION
 
-SLURM_SELECTOR_KEYS = ("account", "constraint", "feature", "gres", "nodelist", "partition", "qos")
+SLURM_SELECTOR_KEYS = tuple(sorted(SELECTOR_OPTION))
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """Character-level checks for user values that end up in generated shell scripts.
 
-The renderer shell-quotes everything as well; these checks keep names, paths and images
-plain enough that quoting mistakes cannot turn into command injection.
+One set of checks for every input: the workflow intake (``bridge.spec``), the cluster configs
+(``runtimes.config``) and the renderer (``runtimes.render``) call the same functions, so what
+``validate`` accepts is what ``run`` renders. The renderer shell-quotes everything as well;
+these checks keep names, paths and images plain enough that quoting mistakes cannot turn into
+command injection.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import re
 from urllib.parse import urlsplit
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]")
 _PATH_CHARS = re.compile(r"[A-Za-z0-9._/+@%=,:~-]")
 _URI_CHARS = re.compile(r"[A-Za-z0-9._/:@+-]")
@@ -126,6 +130,15 @@ def check_label(value: str, what: str) -> str:
             f"{what} {show(value)} contains {bad} "
             "(allowed: letters, digits and . _ : , + @ % / | & * [ ] -)"
         )
+    return value
+
+
+def check_env_name(value: str, what: str) -> str:
+    """An environment variable name: ``[A-Za-z_][A-Za-z0-9_]*`` (at most 128 characters)."""
+    value = _require_str(value, what)
+    if not ENV_NAME_RE.fullmatch(value):
+        raise ValueError(f"{what} {show(value)} is not a variable name (letters, digits and '_',"
+                         " not starting with a digit, at most 128 characters)")
     return value
 
 
