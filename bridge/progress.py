@@ -92,13 +92,16 @@ def counts_text(c: dict[str, int], markup: bool = True, zeros: bool = True) -> s
 
 
 def summary(wf: WorkflowRow, acts: list[ActivityRow]) -> str:
-    """One line: ``workflow #3 name: FAILED (297 done · 1 failed · 2 skipped) in 4m05s``."""
+    """One line: ``workflow #3 name: FAILED (297 done · 1 failed · 2 skipped) in 4m05s``,
+    and the workflow's own reason when it did not complete (a failed stage-out, an image)."""
     took = ""
     if wf.created_at:
         end = wf.finished_at or datetime.now(wf.created_at.tzinfo)
         took = f" in {span((end - wf.created_at).total_seconds())}"
+    why = f": {wf.reason}" if wf.reason and wf.state.value != "COMPLETED" else ""
     return (f"workflow #{wf.id} {wf.name}: {wf.state.value} "
-            f"({counts_text(counts(acts), markup=False, zeros=False) or 'no activities'}){took}")
+            f"({counts_text(counts(acts), markup=False, zeros=False) or 'no activities'})"
+            f"{took}{why}")
 
 
 def activity_table(store: Store, wf_id: int, acts: list[ActivityRow] | None = None,

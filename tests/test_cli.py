@@ -113,8 +113,13 @@ class Cli:
         db = self.state / "akobridge.db"
         if not db.exists():
             return []
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return conn.execute("SELECT id, name, state FROM workflows ORDER BY id").fetchall()
+        try:  # a run that just started may have created the file but not its tables yet
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                return conn.execute("SELECT id, name, state FROM workflows ORDER BY id").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return []
 
 
 @pytest.fixture()

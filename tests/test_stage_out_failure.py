@@ -37,6 +37,10 @@ def test_stage_out_failure_fails_the_workflow(tmp_path: Path, receiver: Receiver
     res = akobridge(tmp_path, "run", wf, "--webhook-wait", "20")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "FAILED" in res.stdout and "Traceback" not in res.stderr
+    why = f"bringing {vdst} back to {vsrc} failed"
+    assert why in " ".join(res.stdout.split()), res.stdout  # said at the end of run
+    shown = akobridge(tmp_path, "status", "1")
+    assert why in " ".join(shown.stdout.split()), shown.stdout  # and by status ID
     [done] = receiver.of_type("WORKFLOW_DONE")
     assert done["data"]["Status"] != 1 and done["data"]["State"] == "FAILED", done
     [act] = receiver.of_type("ACTIVITY_COMPLETED")
