@@ -16,6 +16,9 @@ from enum import StrEnum
 from bridge.spec.model import RetryPolicy
 from runtimes.base import JobState, JobStatus
 
+MAX_RETRY_DELAY_S = 86400.0
+"""The longest wait before a retry, however large ``backoff * factor**n`` grows."""
+
 
 class ActivityState(StrEnum):
     PENDING = "PENDING"
@@ -146,6 +149,10 @@ def observe(activity: ActivityView, status: JobStatus, now: datetime) -> Transit
         not policy.exit_codes or status.exit_code in policy.exit_codes
     )
     if retryable and activity.attempt <= policy.retries:
-        delay = policy.backoff_s * policy.factor ** (activity.attempt - 1)
+        try:
+            delay = min(policy.backoff_s * policy.factor ** (activity.attempt - 1),
+                        MAX_RETRY_DELAY_S)
+        except OverflowError:
+            delay = MAX_RETRY_DELAY_S
         return Transition(ActivityState.RETRY_WAIT, now + timedelta(seconds=delay))
     return Transition(ActivityState(status.state.value))

@@ -111,7 +111,9 @@ class Bridge:
             raise SubmissionError(str(exc)) from None
 
     def submit(self, wf: Workflow) -> int:
-        """Check that every step can run where it asks to, then store the workflow."""
+        """Check that every step can run where it asks to, then store the workflow with the
+        retry defaults of each step's cluster where the file set none (the stored policy is
+        the one applied, whatever the cluster config says later)."""
         for step in wf.steps:
             cfg = self.cluster(step.runtime or wf.runtime)
             try:
@@ -119,6 +121,7 @@ class Bridge:
                             attempt=1)
             except RenderError as exc:
                 raise SubmissionError(str(exc)) from None
+        wf = wf.with_retry_defaults(lambda name: self.cluster(name).retry.policy())
         wf_id = self.store.add_workflow(wf)
         log.info("workflow accepted", workflow=wf_id, name=wf.name, activities=len(wf.steps))
         return wf_id

@@ -137,6 +137,43 @@ class SlurmSettings(_Strict):
         return v
 
 
+MAX_RETRIES = 20
+MAX_BACKOFF_S = 86400.0
+MAX_RETRY_FACTOR = 10.0
+
+
+class RetryDefaults(_Strict):
+    """``retry:``: the retry policy of the activities that run on this cluster, field by field,
+    where the workflow file sets none (``activities[].retry`` > ``spec.retry`` > this > no
+    retry; see docs/akoflow-extensions.md)."""
+
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES, strict=True)
+    """How many more attempts after a failed one."""
+    backoff: float | None = Field(default=None, ge=0, le=MAX_BACKOFF_S, strict=True)
+    """Seconds to wait before the first retry (then times ``factor`` each time)."""
+    factor: float | None = Field(default=None, ge=1, le=MAX_RETRY_FACTOR, strict=True)
+    exit_codes: tuple[int, ...] | None = Field(default=None, strict=True)
+    """Retry only failures with one of these exit codes (empty: any failure)."""
+
+    @field_validator("exit_codes", mode="before")
+    @classmethod
+    def _codes(cls, v: object) -> object:
+        if isinstance(v, list):
+            for code in v:
+                if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255:
+                    raise ValueError(f"exit codes are whole numbers from 0 to 255, not {code!r}")
+            return tuple(v)
+        if v is not None:
+            raise ValueError("must be a list of exit codes, e.g. [1, 137]")
+        return v
+
+    def policy(self) -> dict[str, object]:
+        """The fields this cluster sets, named as the bridge's retry policy names them."""
+        names = {"retries": "retries", "backoff": "backoff_s", "factor": "factor",
+                 "exit_codes": "exit_codes"}
+        return {names[k]: v for k, v in self.model_dump(exclude_none=True).items()}
+
+
 class ContainerSettings(_Strict):
     engine: Literal["singularity", "apptainer", "none"] = "singularity"
     exec_flags: tuple[str, ...] = ()
@@ -179,6 +216,9 @@ class ClusterConfig(_Strict):
     """Required with ``transport: ssh``."""
     slurm: SlurmSettings = SlurmSettings()
     container: ContainerSettings = ContainerSettings()
+    retry: RetryDefaults = RetryDefaults()
+    """Retry defaults for the activities that run here (the time-limit default is
+    ``slurm.default_time``)."""
 
     def resolved(self, state_dir: Path) -> ClusterConfig:
         """This config with the defaults that depend on the bridge's state directory."""

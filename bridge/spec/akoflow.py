@@ -4,6 +4,8 @@
 Volumes are ``"SOURCE:TARGET"`` with exactly one ``':'`` (neither side may contain one).
 ``nodeSelector`` is one ``"key=value"`` string (split at the first ``'='``) or a mapping.
 ``webhooks`` is accepted under ``spec`` and, as the seed's section 3.3 shows it, at the top.
+akobridge extensions (docs/akoflow-extensions.md): ``retry`` and ``timeLimit`` under ``spec``
+(the workflow's default) and in each activity (which wins, field by field).
 """
 
 from __future__ import annotations
@@ -19,9 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from bridge.spec.errors import Loc, Problem, SpecError, load_yaml, locate
-from bridge.spec.model import Resources, Step, Volume, Webhook, Workflow
-from bridge.spec.quantities import parse_cpu, parse_memory_mib
+from bridge.spec.model import Resources, RetryPolicy, Step, Volume, Webhook, Workflow
+from bridge.spec.quantities import (
+    parse_backoff_s,
+    parse_cpu,
+    parse_memory_mib,
+    parse_time_limit_s,
+)
 from runtimes import safety
+from runtimes.config import MAX_RETRIES, MAX_RETRY_FACTOR
 from runtimes.render import SELECTOR_OPTION
 
 SLURM_SELECTOR_KEYS = tuple(sorted(SELECTOR_OPTION))
@@ -53,6 +61,15 @@ class _StoragePolicy(_Doc):
     storage_size: str | None = Field(None, alias="storageSize")
 
 
+class _Retry(_Doc):
+    """akobridge extension: the retry policy (values checked in :func:`_check_retry`)."""
+
+    retries: Any = None
+    backoff: Any = None
+    factor: Any = None
+    exit_codes: Any = Field(None, alias="exitCodes")
+
+
 class _Activity(_Doc):
     name: str
     run: str
@@ -64,6 +81,8 @@ class _Activity(_Doc):
     node_selector: Any = Field(None, alias="nodeSelector")  # "k=v" or a mapping
     keep_disk: bool | None = Field(None, alias="keepDisk")
     mount_path: str | None = Field(None, alias="mountPath")
+    retry: _Retry | None = None  # akobridge extension
+    time_limit: Any = Field(None, alias="timeLimit")  # akobridge extension, a duration
 
 
 class _Spec(_Doc):
@@ -75,6 +94,8 @@ class _Spec(_Doc):
     webhooks: list[_Webhook] | None = None
     volumes: list[str] | None = None
     mount_path: str | None = Field(None, alias="mountPath")
+    retry: _Retry | None = None  # akobridge extension: the activities' default
+    time_limit: Any = Field(None, alias="timeLimit")  # akobridge extension: the default
     activities: list[_Activity]
 
 
@@ -228,6 +249,7 @@ def _check(data: dict[Any, Any], root: yaml.Node | None) -> tuple[list[Problem],
         for i, hook in _items(hooks):
             if isinstance(hook, dict):
                 c.text(hook, (*where, "webhooks", i), "url", safety.check_webhook_url)
+    _check_limits(c, spec, at)
     if spec.get("storagePolicy") is not None:
         c.problem(
             (*at, "storagePolicy"),
@@ -271,6 +293,7 @@ def _check_activities(c: _Checker, activities: list[tuple[int, dict[Any, Any]]])
         if act.get("nodeSelector") is not None:
             c.value((*at, "nodeSelector"), parse_node_selector, act["nodeSelector"])
             _selector_warnings(c, (*at, "nodeSelector"), act["nodeSelector"])
+        _check_limits(c, act, at)
         if act.get("keepDisk") is True:
             c.problem(
                 (*at, "keepDisk"),
@@ -305,6 +328,50 @@ def _check_activities(c: _Checker, activities: list[tuple[int, dict[Any, Any]]])
             ("spec", "activities", index[cycle[0]], "dependsOn"),
             f"dependency cycle: {' -> '.join(cycle)} (each depends on the next)",
         )
+
+
+def _check_limits(c: _Checker, mapping: dict[Any, Any], at: Loc) -> None:
+    """The akobridge extensions ``timeLimit`` and ``retry`` of ``spec`` or an activity."""
+    if mapping.get("timeLimit") is not None:
+        c.value((*at, "timeLimit"), parse_time_limit_s, mapping["timeLimit"])
+    retry = mapping.get("retry")
+    if not isinstance(retry, dict):
+        return  # absent, empty, or not a mapping (pydantic says so)
+    at = (*at, "retry")
+    retries = retry.get("retries")
+    if retries is not None and not (
+        isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= MAX_RETRIES
+    ):
+        c.problem((*at, "retries"), f"retries must be a whole number from 0 to {MAX_RETRIES}, "
+                  f"not {_describe(retries)}")
+    if retry.get("backoff") is not None:
+        c.value((*at, "backoff"), parse_backoff_s, retry["backoff"])
+    factor = retry.get("factor")
+    if factor is not None and not (
+        isinstance(factor, int | float) and not isinstance(factor, bool)
+        and 1 <= factor <= MAX_RETRY_FACTOR
+    ):
+        c.problem((*at, "factor"), f"factor must be a number from 1 to {MAX_RETRY_FACTOR:g} "
+                  f"(each wait is the previous one times factor), not {_describe(factor)}")
+    codes = retry.get("exitCodes")
+    if codes is None:
+        return
+    if not isinstance(codes, list):
+        c.problem((*at, "exitCodes"), f"exitCodes must be a list of exit codes, e.g. [1, 137], "
+                  f"not {_describe(codes)}")
+        return
+    seen: set[int] = set()
+    for j, code in enumerate(codes):
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255:
+            c.problem((*at, "exitCodes", j),
+                      f"an exit code is a whole number from 0 to 255, not {_describe(code)}")
+        elif code in seen:
+            c.problem((*at, "exitCodes", j), f"exit code {code} is listed twice", warning=True)
+        else:
+            seen.add(code)
+            if code == 0:
+                c.problem((*at, "exitCodes", j),
+                          "exit code 0 is success: it never causes a retry", warning=True)
 
 
 def _selector_warnings(c: _Checker, loc: Loc, value: object) -> None:
@@ -431,6 +498,7 @@ def _normalise(doc: _Root, data: dict[str, Any], text: str) -> Workflow:
         else {}
     )
     raw_activities = data["spec"]["activities"]
+    defaults = (spec.retry, spec.time_limit)
     return Workflow(
         name=doc.name,
         namespace=spec.namespace or "default",
@@ -441,13 +509,18 @@ def _normalise(doc: _Root, data: dict[str, Any], text: str) -> Workflow:
         webhooks=tuple(Webhook(name=h.name or "", url=h.url) for h in hooks),
         schedule=spec.schedule,
         storage_policy=policy,
-        steps=tuple(_step(a, raw) for a, raw in zip(spec.activities, raw_activities, strict=True)),
+        steps=tuple(
+            _step(a, raw, defaults)
+            for a, raw in zip(spec.activities, raw_activities, strict=True)
+        ),
         source_format="akoflow",
         raw=text,
     )
 
 
-def _step(act: _Activity, raw: dict[str, Any]) -> Step:
+def _step(act: _Activity, raw: dict[str, Any], defaults: tuple[_Retry | None, Any]) -> Step:
+    spec_retry, spec_time = defaults
+    time_limit = act.time_limit if act.time_limit is not None else spec_time
     return Step(
         name=act.name,
         run=act.run,
@@ -461,10 +534,30 @@ def _step(act: _Activity, raw: dict[str, Any]) -> Step:
             node_selector={}
             if act.node_selector is None
             else parse_node_selector(act.node_selector),
+            time_limit_s=None if time_limit is None else parse_time_limit_s(time_limit),
         ),
+        retry=_retry_policy(spec_retry, act.retry),
         keep_disk=bool(act.keep_disk),
         source=copy.deepcopy(raw),
     )
+
+
+def _retry_policy(*layers: _Retry | None) -> RetryPolicy:
+    """The file's retry settings, field by field, the last layer (the activity) winning; what
+    no layer sets stays open for the cluster's defaults (``RetryPolicy.given``)."""
+    fields: dict[str, Any] = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        if layer.retries is not None:
+            fields["retries"] = layer.retries
+        if layer.backoff is not None:
+            fields["backoff_s"] = parse_backoff_s(layer.backoff)
+        if layer.factor is not None:
+            fields["factor"] = float(layer.factor)
+        if layer.exit_codes is not None:
+            fields["exit_codes"] = tuple(dict.fromkeys(layer.exit_codes))
+    return RetryPolicy(**fields, given=tuple(sorted(fields)))
 
 
 def parse_akoflow(text: str, *, source: str = "<string>") -> Parsed:

@@ -6,7 +6,12 @@ The store keeps it as JSON; the engine and the runtimes read only this model.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from runtimes.config import MAX_BACKOFF_S, MAX_RETRIES, MAX_RETRY_FACTOR
 
 
 class _Frozen(BaseModel):
@@ -27,13 +32,25 @@ class Resources(_Frozen):
 
 
 class RetryPolicy(_Frozen):
-    """How often a failed step is tried again (AkoFlow has none: the default is no retry)."""
+    """How often a failed step is tried again: after failed attempt ``n`` (1-based) comes
+    another one ``backoff_s * factor**(n - 1)`` seconds later (at most a day), while
+    ``n <= retries``. AkoFlow has no such field: the default is no retry; the akobridge
+    extension ``retry`` sets it (docs/akoflow-extensions.md)."""
 
-    retries: int = 0
-    backoff_s: float = 5.0
-    factor: float = 2.0
-    exit_codes: tuple[int, ...] = ()
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    backoff_s: float = Field(default=5.0, ge=0, le=MAX_BACKOFF_S)
+    factor: float = Field(default=2.0, ge=1, le=MAX_RETRY_FACTOR)
+    exit_codes: tuple[Annotated[int, Field(ge=0, le=255)], ...] = ()
     """Retry only on these exit codes; empty means any failure."""
+    given: tuple[str, ...] = ()
+    """The fields the workflow file set (``activities[].retry`` or ``spec.retry``); the
+    others take the cluster's ``retry:`` defaults at intake
+    (:meth:`Workflow.with_retry_defaults`)."""
+
+    def with_defaults(self, defaults: Mapping[str, object]) -> RetryPolicy:
+        """This policy with ``defaults`` (field name → value) where the file set nothing."""
+        update = {k: v for k, v in defaults.items() if k not in self.given}
+        return RetryPolicy.model_validate({**self.model_dump(), **update}) if update else self
 
 
 class Volume(_Frozen):
@@ -78,6 +95,19 @@ class Workflow(_Frozen):
     source_format: str = "akoflow"
     raw: str = ""
     """The submitted document, verbatim (AkoFlow's ``RawWorkflow`` is its base64)."""
+
+    def with_retry_defaults(
+        self, defaults: Callable[[str], Mapping[str, object]]
+    ) -> Workflow:
+        """Each step's retry fields the file left unset, from ``defaults(cluster name)`` (the
+        step's cluster: its ``runtime``, else the workflow's). Applied once, at intake."""
+        steps = tuple(
+            s.model_copy(
+                update={"retry": s.retry.with_defaults(defaults(s.runtime or self.runtime))}
+            )
+            for s in self.steps
+        )
+        return self.model_copy(update={"steps": steps})
 
     def step(self, name: str) -> Step:
         for s in self.steps:

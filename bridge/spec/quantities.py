@@ -1,10 +1,13 @@
-"""Kubernetes-style resource quantities (AkoFlow ``cpuLimit``/``memoryLimit``) for Slurm."""
+"""Kubernetes-style resource quantities (AkoFlow ``cpuLimit``/``memoryLimit``) for Slurm, and
+the durations of the akobridge extensions (``timeLimit``, ``retry.backoff``)."""
 
 from __future__ import annotations
 
 import math
 import re
 from decimal import ROUND_CEILING, Decimal
+
+from runtimes.config import MAX_BACKOFF_S
 
 _CPU_HINT = "use 1, 2, 0.5 or 500m"
 _MEM_HINT = "use e.g. 512Mi, 4Gi, 2G, 800M, or a number of bytes"
@@ -95,3 +98,66 @@ def _memory_bytes(text: str) -> Decimal | None:
     else:
         number *= _FACTORS[suffix]
     return number
+
+
+# --- durations (akobridge extensions: timeLimit, retry.backoff) -------------------------------
+
+_DURATION_HINT = "use e.g. 90s, 30m, 2h, 1h30m, 1d or a number of seconds"
+_DURATION_PART = re.compile(rf"({_NUMBER})(d|h|m|s)")
+_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+MAX_TIME_LIMIT_S = 365 * 86400
+
+
+def parse_duration_s(value: object) -> Decimal:
+    """Seconds in ``90``, ``1.5``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"``, ``"1d"``.
+
+    A plain number (or a string of one) is seconds; units are ``d``, ``h``, ``m``, ``s``, each at
+    most once and from the largest down. Negative values are refused here; ranges are the
+    callers' (:func:`parse_time_limit_s`, :func:`parse_backoff_s`).
+    """
+    amount = _number(value)
+    if amount is None and isinstance(value, str):
+        amount = _duration_text(value.strip())
+    if amount is None and isinstance(value, str) and ":" in value:
+        raise ValueError(f"not a duration: {_show(value)} (Slurm's clock notation is not "
+                         f"accepted here, it is ambiguous; {_DURATION_HINT})")
+    if amount is None:
+        raise ValueError(f"not a duration: {_show(value)} ({_DURATION_HINT})")
+    if amount < 0:
+        raise ValueError(f"a duration cannot be negative: {_show(value)} ({_DURATION_HINT})")
+    return amount
+
+
+def _duration_text(text: str) -> Decimal | None:
+    if re.fullmatch(_NUMBER, text):
+        return Decimal(text)
+    if text.startswith("-") and _duration_text(text[1:]) is not None:
+        return Decimal(-1)
+    total, pos, last = Decimal(0), 0, -1
+    order = list(_UNIT_S)
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if not m or order.index(m.group(2)) <= last:
+            return None  # garbage, a repeated unit, or units out of order ("30m1h")
+        last = order.index(m.group(2))
+        total += Decimal(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    return total if text else None
+
+
+def parse_time_limit_s(value: object) -> int:
+    """A wall-time limit in whole seconds (rounded up): positive, at most 365 days."""
+    amount = parse_duration_s(value)
+    if amount <= 0:
+        raise ValueError(f"a time limit must be positive: {_show(value)} ({_DURATION_HINT})")
+    if amount > MAX_TIME_LIMIT_S:
+        raise ValueError(f"time limit {_show(value)} is too long (at most 365d)")
+    return int(amount.to_integral_value(rounding=ROUND_CEILING))
+
+
+def parse_backoff_s(value: object) -> float:
+    """A wait before a retry in seconds: 0 (retry at once) up to one day."""
+    amount = parse_duration_s(value)
+    if amount > MAX_BACKOFF_S:
+        raise ValueError(f"backoff {_show(value)} is too long (at most 1d)")
+    return float(amount)
