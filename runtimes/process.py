@@ -2,8 +2,11 @@
 
 The embedded default for a first try: no Slurm, no container. The same rendered script runs
 (its ``#SBATCH`` lines are comments to bash); stdout/stderr go to ``local.out``/``local.err``
-and the script's EXIT trap leaves the same exit-code marker a Slurm job leaves. Resource
-limits are not enforced here; ``max_running`` caps how many run at once (the runner asks).
+and the script's EXIT trap leaves the same exit-code marker a Slurm job leaves. The script's
+``#SBATCH --time`` is enforced as Slurm does it: past the limit the job's process group gets
+SIGTERM, :data:`KILL_WAIT_S` later SIGKILL, and the job ends TIMEOUT (checked at each poll, so
+only while a bridge follows the job). Memory and CPU limits are not enforced;
+``max_running`` caps how many jobs run at once (the runner asks).
 
 Exactly once, whatever instant the bridge dies at:
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import time
@@ -39,6 +43,12 @@ from runtimes.transport import LocalTransport
 
 PID_FILE = "local.pid"
 LOCK_FILE = "local.lock"
+TIMEOUT_FILE = "local.timeout"
+"""Written when the job is signalled for its time limit: its end is then a TIMEOUT (also
+for a bridge that restarts in between)."""
+KILL_WAIT_S = 10.0
+"""Seconds between the SIGTERM at the time limit and the SIGKILL (Slurm's ``KillWait``)."""
+_TIME_LINE = re.compile(r"^#SBATCH --time=(\S+)[ \t]*$", re.MULTILINE)
 _START = 'printf %s "$$" > local.pid && exec /bin/bash "$1"'
 """The child's first act: record its pid (one short write: a reader sees all or nothing of
 it), then become the job script."""
@@ -56,6 +66,8 @@ class ProcessRuntime(Runtime):
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._started: dict[str, datetime] = {}
         self._cancelled: set[str] = set()
+        self._limits: dict[str, int | None] = {}
+        """Job id → its ``--time`` in seconds (``None``: no limit), read once per job."""
 
     def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
         out = []
@@ -100,14 +112,21 @@ class ProcessRuntime(Runtime):
             if marker is not None and not marker.belongs_to(job.token):
                 marker = None
             if marker is None and alive[job_id]:
+                self._enforce_time_limit(job)
                 out[job_id] = JobStatus(JobState.RUNNING, started_at=self._started.get(job_id))
                 continue
+            timed_out = os.path.exists(f"{job.jobdir}/{TIMEOUT_FILE}")
+            self._limits.pop(job_id, None)
             proc = self._children.pop(job_id, None)
             if proc is not None:
                 proc.poll()  # reap it
             if marker is None:
                 code = proc.returncode if proc else None
-                if code is not None and code < 0 or job_id in self._cancelled:
+                if timed_out and job_id not in self._cancelled:  # SIGKILLed at the limit
+                    out[job_id] = JobStatus(JobState.TIMEOUT,
+                                            128 - code if code is not None and code < 0 else code,
+                                            "time limit reached", self._started.get(job_id))
+                elif code is not None and code < 0 or job_id in self._cancelled:
                     sig = -code if code is not None and code < 0 else signal.SIGTERM
                     out[job_id] = JobStatus(JobState.CANCELLED, 128 + sig, f"signal {sig}",
                                             self._started.get(job_id))
@@ -117,10 +136,46 @@ class ProcessRuntime(Runtime):
                                             self._started.get(job_id))
                 continue
             state = JobState.COMPLETED if marker.exit_code == 0 else JobState.FAILED
+            reason = None
             if job_id in self._cancelled and marker.exit_code != 0:
                 state = JobState.CANCELLED
-            out[job_id] = JobStatus(state, marker.exit_code, None, marker.start, marker.end)
+            elif timed_out and marker.exit_code != 0:
+                state, reason = JobState.TIMEOUT, "time limit reached"
+            out[job_id] = JobStatus(state, marker.exit_code, reason, marker.start, marker.end)
         return out
+
+    def _enforce_time_limit(self, job: TrackedJob) -> None:
+        """SIGTERM a live job past its ``--time``, SIGKILL it :data:`KILL_WAIT_S` later."""
+        job_id = str(job.job_id)
+        if job_id not in self._limits:
+            try:
+                script = Path(f"{job.jobdir}/{SCRIPT_FILE}").read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                script = ""
+            m = _TIME_LINE.search(script)
+            self._limits[job_id] = slurm_time_s(m.group(1)) if m else None
+        limit = self._limits[job_id]
+        if limit is None:
+            return
+        started = self._started.get(job_id)
+        start = started.timestamp() if started else _mtime(f"{job.jobdir}/{PID_FILE}")
+        if start is None:
+            return
+        over = time.time() - start - limit
+        if over < 0:
+            return
+        marker = Path(f"{job.jobdir}/{TIMEOUT_FILE}")
+        if not marker.exists():
+            with contextlib.suppress(OSError):  # the kill matters more than the note
+                marker.write_text(f"{limit}\n", encoding="utf-8")
+            self.calls["timeout"] += 1
+            sig = signal.SIGTERM
+        elif over >= KILL_WAIT_S:
+            sig = signal.SIGKILL
+        else:
+            return
+        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
+            os.killpg(int(job_id.removeprefix("local-")), sig)
 
     def _alive(self, job: TrackedJob) -> bool:
         """Whether the job (or anything it started) still holds its lock."""
@@ -153,6 +208,34 @@ class ProcessRuntime(Runtime):
     def read_log(self, job: TrackedJob, stream: str = "out") -> bytes:
         path = Path(f"{job.jobdir}/local.{stream}")
         return path.read_bytes() if path.exists() else b""
+
+
+def slurm_time_s(text: str) -> int | None:
+    """Seconds in a Slurm ``--time`` (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``,
+    ``D-H:M:S``); ``None`` for no limit (``0``, ``UNLIMITED``, ``INFINITE``) or an unreadable
+    value (the cluster config's ``default_time`` is checked when it is loaded)."""
+    days, sep, rest = text.partition("-")
+    if not sep:
+        days, rest = "0", text
+    parts = rest.split(":")
+    if not days.isdigit() or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        return None
+    n = [int(p) for p in parts]
+    if sep:  # D-H, D-H:M, D-H:M:S
+        h, m, sec = (n + [0, 0])[:3]
+    elif len(n) == 3:
+        h, m, sec = n
+    else:  # M or M:S
+        h, m, sec = 0, n[0], n[1] if len(n) == 2 else 0
+    total = ((int(days) * 24 + h) * 60 + m) * 60 + sec
+    return total or None
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _read_pid(jobdir: str) -> int | None:
