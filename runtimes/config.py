@@ -315,7 +315,7 @@ class Clusters:
     def __init__(self, configs: list[ClusterConfig]) -> None:
         self._by_name: dict[str, ClusterConfig] = {"local": LOCAL}
         for cfg in configs:
-            for key in (cfg.name, *cfg.aliases):
+            for key in dict.fromkeys((cfg.name, *cfg.aliases)):  # its own name as alias is ok
                 taken = self._by_name.get(key)
                 if taken is not None and not (taken is LOCAL and key == cfg.name):
                     # a file named "local" replaces the built-in; nothing else is shadowed
