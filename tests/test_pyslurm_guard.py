@@ -259,7 +259,7 @@ def test_submit_uses_pyslurm_and_falls_back_to_sbatch_per_job(tmp_path: Path) ->
     assert results[2].error == "pyslurm: Invalid partition name specified"
     assert (tmp_path / "a" / "job.sh").read_text() == plain.script  # files written first
     assert (tmp_path / "odd" / "job.sh").is_file()
-    assert transport.ran == [["sbatch", "--parsable", f"{tmp_path}/odd/job.sh"]]
+    assert transport.ran == [["env", "TZ=UTC", "sbatch", "--parsable", f"{tmp_path}/odd/job.sh"]]
     assert rt.calls["pyslurm.submit"] == 2 and rt.calls["sbatch"] == 1
 
 
