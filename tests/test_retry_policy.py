@@ -463,3 +463,58 @@ def test_time_limit_from_the_file_is_enforced_locally(harness: Callable[..., Har
     assert act.state.value == "TIMEOUT"
     assert act.started_at and act.finished_at
     assert 58 <= (act.finished_at - act.started_at).total_seconds() <= 75
+
+
+# --- the documentation ---------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "akoflow-extensions.md"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "retry.yaml"
+
+
+def doc_blocks() -> list[str]:
+    text = DOC.read_text(encoding="utf-8")
+    return [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+
+
+def test_documented_workflows_parse_as_described() -> None:
+    workflows = [b for b in doc_blocks() if b.startswith("name:") and "activities:" in b]
+    assert len(workflows) == 2
+    retry, limits = (parse_akoflow(b).workflow for b in workflows)
+    fetch, train = retry.steps
+    assert (fetch.retry.retries, fetch.retry.backoff_s, fetch.retry.factor,
+            fetch.retry.exit_codes) == (5, 30.0, 2.0, (1, 137))
+    assert (train.retry.retries, train.retry.exit_codes) == (0, (1, 137))
+    assert [s.resources.time_limit_s for s in limits.steps] == [90, 7200]
+
+
+def test_documented_cluster_retry_section_is_valid() -> None:
+    import yaml
+
+    [block] = [b for b in doc_blocks() if "exit_codes:" in b]
+    data = yaml.safe_load(block)
+    box = cluster(retry=data["retry"])
+    assert box.retry.policy() == {"retries": 2, "backoff_s": 60.0, "factor": 2.0,
+                                  "exit_codes": (137,)}
+
+
+def test_documented_error_lines_are_what_validate_prints(cli: Cli) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    shown = [line.removeprefix("error: wf.yaml: ") for line in text.splitlines()
+             if line.startswith("error: wf.yaml: ")]
+    path = cli.write("wf.yaml", "name: wf\nspec:\n  runtime: local\n  timeLimit: \"01:30:00\"\n"
+                     "  activities:\n    - name: a\n      run: echo a\n      retry:\n"
+                     "        retries: 50\n        exit_codes: [1]\n")
+    res = cli("validate", path)
+    assert res.returncode == 2
+    printed = [line.removeprefix(f"error: {path}: ") for line in res.stderr.splitlines()]
+    assert printed == shown
+
+
+def test_the_example_runs_with_one_retry(cli: Cli) -> None:
+    res = cli("run", EXAMPLE, "--webhook-wait", "0", columns=200)
+    no_traceback(res)
+    assert res.returncode == 0, res.stderr
+    assert cli.workflows() == [(1, "retry-example", "COMPLETED")]
+    rows = {line.split("│")[1].strip(): line.split("│")[6].strip()
+            for line in res.stdout.splitlines() if line.startswith("│")}
+    assert rows == {"flaky": "2", "quick": "1"}  # the try column
