@@ -4,15 +4,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from collections.abc import Iterable
 
 from runtimes.config import ClusterConfig
-from runtimes.transport import Transport
+from runtimes.transport import CommandTimedOut, Transport
 
 URI_SCHEMES = ("docker://", "library://", "oras://", "shub://")
 PULL_TIMEOUT_S = 3600.0
+_SLUG_MAX = 80
 
 
 def is_uri(image: str) -> bool:
@@ -24,17 +26,42 @@ def cache_dir(cluster: ClusterConfig) -> str:
     return cluster.container.image_cache or f"{cluster.workdir or '.'}/images"
 
 
+def cache_name(image: str) -> str:
+    """``<readable slug>-<12 hex of sha256(uri)>.sif``: distinct for distinct URIs, stable."""
+    scheme, _, rest = image.partition("://")
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", rest).strip("_.-")[:_SLUG_MAX] or "image"
+    digest = hashlib.sha256(image.encode("utf-8")).hexdigest()[:12]
+    return f"{scheme}-{slug}-{digest}.sif"
+
+
 def image_path(image: str, cluster: ClusterConfig) -> str:
     """Where the job finds ``image``: the path itself, or the pulled ``.sif`` in the cache."""
     if not is_uri(image):
         return image
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", image.split("://", 1)[1]).strip("_")
-    return f"{cache_dir(cluster)}/{name}.sif"
+    return f"{cache_dir(cluster)}/{cache_name(image)}"
+
+
+def pull_script(image: str, cluster: ClusterConfig) -> str:
+    """The shell lines pulling ``image``: the cluster's prologue first (``module load ...``),
+    then ``<engine> pull`` into a temporary name renamed on success (no half image)."""
+    path = image_path(image, cluster)
+    part = f"{path}.part"
+    lines = [cluster.prologue.rstrip("\n")] if cluster.prologue.strip() else []
+    lines.append(
+        f"mkdir -p -- {shlex.quote(cache_dir(cluster))} && rm -f -- {shlex.quote(part)} && "
+        f"{cluster.container.engine} pull {shlex.quote(part)} {shlex.quote(image)} && "
+        f"mv -f -- {shlex.quote(part)} {shlex.quote(path)}"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def prepare_images(transport: Transport, cluster: ClusterConfig,
                    images: Iterable[str]) -> list[str]:
-    """Check every image (one batched command), pull the missing URIs; the problems found."""
+    """Check every image (one batched command), pull the missing URIs; the problems found.
+
+    A pull that outlives :data:`PULL_TIMEOUT_S` is a problem (not retried every cycle); an
+    unreachable cluster raises :class:`TransportError` (nothing is recorded, try later).
+    """
     wanted = sorted(set(images))
     if cluster.container.engine == "none" or not wanted:
         return []
@@ -47,14 +74,17 @@ def prepare_images(transport: Transport, cluster: ClusterConfig,
         if not is_uri(image):
             problems.append(f"image {path} does not exist on cluster {cluster.name}")
             continue
-        engine = cluster.container.engine
-        pull = transport.run(
-            ["bash", "-c", f"mkdir -p -- {shlex.quote(cache_dir(cluster))} && "
-             f"{engine} pull {shlex.quote(path)} {shlex.quote(image)}"],
-            timeout=PULL_TIMEOUT_S,
-        )
+        where = f"cannot pull {image} into {path} on cluster {cluster.name}"
+        try:
+            pull = transport.run(["bash", "-c", pull_script(image, cluster)],
+                                 timeout=PULL_TIMEOUT_S)
+        except CommandTimedOut as exc:  # another TransportError: unreachable, try later
+            problems.append(f"{where}: {exc}")
+            continue
         if not pull.ok:
             detail = (pull.stderr or pull.stdout).strip().splitlines()[-1:] or ["no output"]
-            problems.append(f"cannot pull {image} into {path} on cluster {cluster.name}: "
-                            f"{detail[0]}")
+            hint = (" (does the cluster's prologue load the engine's module?)"
+                    if pull.returncode == 127 else "")
+            problems.append(f"{where}: {detail[0]}{hint}")
     return problems
+

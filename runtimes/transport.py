@@ -44,6 +44,11 @@ class ConnectionLost(TransportError):
     """The connection broke while a command ran: whether it took effect is unknown."""
 
 
+class CommandTimedOut(TransportError):
+    """A remote command outlived its timeout and was stopped; it is not run again (whether
+    it took effect is unknown)."""
+
+
 class Transport(ABC):
     """Run commands and move files on the machine that talks to Slurm."""
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import STANDIN_BIN, Harness, Receiver
 from runtimes.config import ClusterConfig, ContainerSettings
+from runtimes.images import cache_name
 
 pytestmark = pytest.mark.slurm
 
@@ -57,10 +58,11 @@ def test_docker_images_are_pulled_once_into_the_cache(harness, devslurm: Cluster
         wf_id = h.submit(doc)
         h.run(wf_id, timeout=60)
         assert h.states(wf_id) == {"a": "COMPLETED", "b": "COMPLETED"}
-    cached = tmp_path / "cache" / "alpine_3.20.sif"
+    cached = tmp_path / "cache" / cache_name("docker://alpine:3.20")
+    assert cached.name.startswith("docker-alpine_3.20-")
     assert cached.read_text() == "stand-in image of docker://alpine:3.20\n"
     assert (tmp_path / "pulls.log").read_text().splitlines() == [
-        f"docker://alpine:3.20 -> {cached}"]  # pulled once, reused by the second workflow
+        f"docker://alpine:3.20 -> {cached}.part"]  # pulled once (renamed when complete), reused by the second workflow
     [attempt] = h.store.attempts(h.store.activities(wf_id)[0].id)
     argv = Path(attempt.jobdir, "container-argv").read_bytes().split(b"\0")
     assert str(cached).encode() in argv
