@@ -62,7 +62,7 @@ def test_docker_images_are_pulled_once_into_the_cache(harness, devslurm: Cluster
     assert cached.name.startswith("docker-alpine_3.20-")
     assert cached.read_text() == "stand-in image of docker://alpine:3.20\n"
     assert (tmp_path / "pulls.log").read_text().splitlines() == [
-        f"docker://alpine:3.20 -> {cached}.part"]  # pulled once (renamed when complete), reused by the second workflow
+        f"docker://alpine:3.20 -> {cached}.part"]  # pulled once, reused by the second workflow
     [attempt] = h.store.attempts(h.store.activities(wf_id)[0].id)
     argv = Path(attempt.jobdir, "container-argv").read_bytes().split(b"\0")
     assert str(cached).encode() in argv
