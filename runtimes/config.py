@@ -61,13 +61,19 @@ class SSHSettings(_Strict):
     host_key_fingerprint: str | None = None
     """Pinned host key, ``SHA256:…`` as ``ssh-keygen -lf`` prints it (instead of known_hosts)."""
     proxy_jump: str | None = None
-    """``[user@]host[:port]`` of a jump host (its key is checked against the same known_hosts)."""
+    """``[user@]host[:port]`` of a jump host (its key is always checked against known_hosts;
+    the pinned fingerprint is the login node's)."""
     connect_timeout: float = Field(default=15.0, gt=0)
+    """Seconds one connection attempt may take."""
     keepalive: float = Field(default=30.0, ge=0)
     """Seconds between keepalive packets (0 = none)."""
     command_timeout: float = Field(default=120.0, gt=0)
-    reconnect_attempts: int = Field(default=8, ge=1)
-    reconnect_max_delay: float = Field(default=30.0, gt=0)
+    """Seconds a remote command may run when its caller sets no timeout of its own."""
+    reconnect_attempts: int = Field(default=3, ge=1)
+    """Connection attempts in one round (then the cluster is unreachable until the next)."""
+    reconnect_max_delay: float = Field(default=5.0, gt=0)
+    connect_total_timeout: float = Field(default=20.0, gt=0)
+    """Seconds all attempts of one round (and the pauses between them) may take together."""
 
     @field_validator("host")
     @classmethod

@@ -5,8 +5,12 @@ connection, so the login shell's start-up (``.bashrc``, module systems: 140 ms a
 paid once, not per command; a batch of commands is one round trip. Bulk data (staging) uses
 extra channels on the same connection. The socket has TCP_NODELAY (paramiko otherwise adds
 ~40 ms per exchange), keepalives are on, and a broken connection is re-opened with
-exponential backoff and jitter. Host keys are always verified: against a known_hosts file or
-a pinned SHA256 fingerprint; an unknown or changed key refuses the connection.
+exponential backoff and jitter, a few tries within ``ssh.connect_total_timeout``. Each
+request is stopped by the remote shell after its own timeout (default
+``ssh.command_timeout``) and never run twice because it timed out. Host keys are always
+verified: the login node's against known_hosts or a pinned SHA256 fingerprint, a jump host's
+against known_hosts; an unknown or changed key, like a refused login, raises
+:class:`~runtimes.transport.TransportRefused` at once (retrying cannot help).
 """
 
 from __future__ import annotations
@@ -30,17 +34,30 @@ from typing import BinaryIO
 import paramiko
 import structlog
 
-from runtimes.config import ClusterConfig, SSHSettings
-from runtimes.transport import Completed, ConnectionLost, Transport, TransportError
+from runtimes.config import ClusterConfig
+from runtimes.transport import (
+    CommandTimedOut,
+    Completed,
+    ConnectionLost,
+    Transport,
+    TransportError,
+    TransportRefused,
+)
 
 log = structlog.get_logger("akobridge.ssh")
 
 _PRELUDE = r"""
 akb_t=$(mktemp -d) || exit 1
 trap 'rm -rf "$akb_t"' EXIT
+if command -v timeout > /dev/null 2>&1; then
+  akb_run() { timeout -k 5 "$@"; }
+else
+  akb_run() { shift; "$@"; }
+fi
+export -f akb_run
 akb_req() {
-  printf '%s' "$2" | base64 -d > "$akb_t/s"
-  bash "$akb_t/s" < /dev/null > "$akb_t/o" 2> "$akb_t/e"
+  printf '%s' "$3" | base64 -d > "$akb_t/s"
+  akb_run "$2" bash "$akb_t/s" < /dev/null > "$akb_t/o" 2> "$akb_t/e"
   printf 'AKB-RES %s %s %s %s\n' "$1" "$?" "$(base64 -w0 < "$akb_t/o")" \
     "$(base64 -w0 < "$akb_t/e")"
 }
@@ -48,16 +65,29 @@ exec 2> /dev/null
 printf 'AKB-READY\n'
 """
 _ONE = r"""akb_one() {
-  "$@" > "$akb_o" 2> "$akb_e" < /dev/null
+  akb_run "$AKB_T1" "$@" > "$akb_o" 2> "$akb_e" < /dev/null
   printf 'AKB-ONE %s %s %s\n' "$?" "$(base64 -w0 < "$akb_o")" "$(base64 -w0 < "$akb_e")"
 }
 akb_o=$(mktemp) akb_e=$(mktemp)
 trap 'rm -f "$akb_o" "$akb_e"' EXIT
 """
+_GRACE_S = 10.0
+"""How long past a request's timeout the bridge waits for the remote shell's own ``timeout``
+(TERM, KILL 5 s later) before it gives the connection up."""
+_TIMED_OUT_RC = frozenset({124, 137})
+"""Exit statuses of GNU ``timeout`` when it stopped the command."""
 
 
-class HostKeyError(TransportError):
+class HostKeyError(TransportRefused):
     """The server's host key is unknown or has changed: the connection was refused."""
+
+
+class AuthRefused(TransportRefused):
+    """The server did not accept our login (user, key): the connection was refused."""
+
+
+class _Deadline(Exception):
+    """No answer before the request's deadline."""
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -72,11 +102,17 @@ def _host_id(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
+def _label(host: str, port: int, role: str) -> str:
+    """``[host]:port``, prefixed with ``jump host`` for a ProxyJump host."""
+    return _host_id(host, port) if role == "login node" else f"{role} {_host_id(host, port)}"
+
+
 class _Verify(paramiko.MissingHostKeyPolicy):
     """Refuse keys that are not in known_hosts (or do not match the pinned fingerprint)."""
 
-    def __init__(self, settings: SSHSettings, known_hosts: Path, host: str, port: int) -> None:
-        self.pinned = settings.host_key_fingerprint
+    def __init__(self, pinned: str | None, known_hosts: Path, host: str, port: int,
+                 role: str) -> None:
+        self.pinned, self.role = pinned, role
         self.known_hosts, self.host, self.port = known_hosts, host, port
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
@@ -90,17 +126,29 @@ class _Verify(paramiko.MissingHostKeyPolicy):
                 f"ssh.host_key_fingerprint {self.pinned}: refusing to connect. If the server's "
                 "key really changed, check it with its administrators and update the pin."
             )
-        raise HostKeyError(_unknown_key(self.host, self.port, key, self.known_hosts))
+        raise HostKeyError(_unknown_key(self.host, self.port, key, self.known_hosts,
+                                        self.role))
 
 
-def _unknown_key(host: str, port: int, key: paramiko.PKey, known_hosts: Path) -> str:
+def _unknown_key(host: str, port: int, key: paramiko.PKey, known_hosts: Path,
+                 role: str = "login node") -> str:
     offered = fingerprint(key)
+    trust = f"`ssh-keyscan -p {port} {host} >> {known_hosts}`"
+    if role == "login node":
+        trust += f" or pin it as ssh.host_key_fingerprint: {offered}"
+    else:  # the pin is the login node's; a jump host is always checked in known_hosts
+        trust += " (ssh.host_key_fingerprint pins only the login node, not the jump host)"
     return (
-        f"host key of {_host_id(host, port)} ({key.get_name()} {offered}) is not "
+        f"host key of {_label(host, port, role)} ({key.get_name()} {offered}) is not "
         f"in {known_hosts}: refusing to connect. Check the fingerprint with the "
-        f"cluster's administrators, then trust it with `ssh-keyscan -p {port} "
-        f"{host} >> {known_hosts}` or pin it as ssh.host_key_fingerprint: {offered}"
+        f"cluster's administrators, then trust it with {trust}"
     )
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Wake every thread blocked on ``sock`` (a connect attempt past its deadline)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class SSHTransport(Transport):
@@ -114,6 +162,8 @@ class SSHTransport(Transport):
         self.settings = cluster.ssh
         self.env = dict(cluster.env)
         self.connects = 0
+        self.attempts = 0
+        """Connection attempts made (successful or not)."""
         self._sleep = sleep
         self._lock = threading.RLock()
         self._client: paramiko.SSHClient | None = None
@@ -125,94 +175,137 @@ class SSHTransport(Transport):
     def _known_hosts(self) -> Path:
         return Path(self.settings.known_hosts or "~/.ssh/known_hosts").expanduser()
 
-    def _new_client(self, host: str, port: int) -> paramiko.SSHClient:
+    def _new_client(self, host: str, port: int, pinned: str | None,
+                    role: str) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         known = self._known_hosts()
-        if self.settings.host_key_fingerprint is None and known.exists():
+        if pinned is None and known.exists():
             client.load_host_keys(str(known))
-        client.set_missing_host_key_policy(_Verify(self.settings, known, host, port))
+        client.set_missing_host_key_policy(_Verify(pinned, known, host, port, role))
         return client
 
-    def _open(self) -> None:
-        """Connect, verify the host key, authenticate, start the remote shell."""
+    def _login(self, client: paramiko.SSHClient, host: str, port: int, user: str,
+               sock: socket.socket | paramiko.Channel, timeout: float, role: str) -> None:
+        """Verify the host key and authenticate; refusals raise :class:`TransportRefused`."""
         s = self.settings
-        sock: socket.socket | paramiko.Channel
-        if s.proxy_jump:
-            sock = self._open_jump(s.proxy_jump)
-        else:
-            sock = socket.create_connection((s.host, s.port), timeout=s.connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = self._new_client(s.host, s.port)
+        where = f"cluster {self.name}: {role} {_host_id(host, port)}"
         try:
             client.connect(
-                s.host, s.port, username=s.user or _local_user(), sock=sock,
+                host, port, username=user, sock=sock,
                 key_filename=os.path.expanduser(s.key_file) if s.key_file else None,
                 allow_agent=s.use_agent, look_for_keys=s.key_file is None,
-                timeout=s.connect_timeout, banner_timeout=s.connect_timeout,
-                auth_timeout=s.connect_timeout,
+                timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                channel_timeout=timeout,
             )
-        except HostKeyError:
+        except TransportRefused:
             client.close()
             raise
         except paramiko.BadHostKeyException as exc:
             client.close()
-            known_type = exc.expected_key.get_name()
-            if known_type != exc.key.get_name():  # as OpenSSH: a new key type is unknown
-                raise HostKeyError(
-                    _unknown_key(s.host, s.port, exc.key, self._known_hosts())
-                    + f" ({self._known_hosts()} has only a key of another type, {known_type})"
-                ) from None
-            raise HostKeyError(
-                f"host key of {_host_id(s.host, s.port)} has CHANGED (now "
-                f"{fingerprint(exc.key)}): refusing to connect, this may be an attack. If the "
-                f"change is expected, remove the old line from {self._known_hosts()} "
-                f"(`ssh-keygen -R '{_host_id(s.host, s.port)}' -f {self._known_hosts()}`) and "
-                "trust the new key."
-            ) from None
+            raise HostKeyError(self._changed_key(host, port, exc, role)) from None
         except paramiko.AuthenticationException as exc:
             client.close()
-            raise TransportError(
-                f"cluster {self.name}: authentication as {s.user or _local_user()} failed "
-                f"({exc}); check ssh.user and ssh.key_file"
+            raise AuthRefused(
+                f"{where} refused the login as {user} ({exc}): check ssh.user and "
+                "ssh.key_file (is the public key in that user's ~/.ssh/authorized_keys on "
+                "the cluster?); not retried until the config is fixed"
             ) from None
-        transport = client.get_transport()
-        assert transport is not None
-        if s.keepalive:
-            transport.set_keepalive(int(max(1, s.keepalive)))
-        self._client = client
+        except paramiko.SSHException as exc:
+            client.close()
+            if "no authentication methods" in str(exc).lower():
+                raise AuthRefused(
+                    f"{where}: no key to log in as {user} (no ssh.key_file, no agent key, "
+                    "no ~/.ssh/id_*): set ssh.key_file"
+                ) from None
+            raise
+        except BaseException:
+            client.close()
+            raise
+
+    def _changed_key(self, host: str, port: int, exc: paramiko.BadHostKeyException,
+                     role: str) -> str:
+        known = self._known_hosts()
+        known_type = exc.expected_key.get_name()
+        if known_type != exc.key.get_name():  # as OpenSSH: a new key type is unknown
+            return (_unknown_key(host, port, exc.key, known, role)
+                    + f" ({known} has only a key of another type, {known_type})")
+        return (
+            f"host key of {_label(host, port, role)} has CHANGED (now {fingerprint(exc.key)}): "
+            f"refusing to connect, this may be an attack. If the change is expected, remove "
+            f"the old line from {known} (`ssh-keygen -R '{_host_id(host, port)}' -f {known}`) "
+            "and trust the new key."
+        )
+
+    def _open(self, budget: float) -> None:
+        """One attempt, at most ``budget`` seconds: connect, verify the host key,
+        authenticate, start the remote shell."""
+        s = self.settings
+        self.attempts += 1
+        if s.key_file and not os.access(os.path.expanduser(s.key_file), os.R_OK):
+            raise AuthRefused(f"cluster {self.name}: ssh.key_file {s.key_file} cannot be read")
+        deadline = time.monotonic() + budget
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        sock: socket.socket | paramiko.Channel
+        raw: socket.socket | None = None
+        watchdog: threading.Timer | None = None
+        try:
+            if s.proxy_jump:
+                jump_user, _, rest = s.proxy_jump.rpartition("@")
+                jump_host, _, port_text = rest.partition(":")
+                jump_port = int(port_text or 22)
+                raw = socket.create_connection((jump_host, jump_port), timeout=left())
+            else:
+                raw = socket.create_connection((s.host, s.port), timeout=left())
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            watchdog = threading.Timer(left(), _shutdown, (raw,))
+            watchdog.daemon = True
+            watchdog.start()
+            sock = raw
+            if s.proxy_jump:
+                jump = self._new_client(jump_host, jump_port, None, "jump host")
+                self._login(jump, jump_host, jump_port,
+                            jump_user or s.user or _local_user(), raw, left(), "jump host")
+                self._jump = jump
+                jt = jump.get_transport()
+                assert jt is not None
+                sock = jt.open_channel("direct-tcpip", (s.host, s.port), ("127.0.0.1", 0),
+                                       timeout=left())
+            client = self._new_client(s.host, s.port, s.host_key_fingerprint, "login node")
+            self._login(client, s.host, s.port, s.user or _local_user(), sock, left(),
+                        "login node")
+            self._client = client
+            transport = client.get_transport()
+            assert transport is not None
+            if s.keepalive:
+                transport.set_keepalive(int(max(1, s.keepalive)))
+            self._start_shell(deadline)
+        except _Deadline:
+            raise TransportError(f"no remote shell within {budget:.0f} s") from None
+        except BaseException:
+            if raw is not None and self._client is None and self._jump is None:
+                with contextlib.suppress(OSError):
+                    raw.close()
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         self.connects += 1
-        self._start_shell()
         log.info("ssh connected", cluster=self.name, host=s.host, port=s.port,
                  connects=self.connects)
 
-    def _open_jump(self, spec: str) -> paramiko.Channel:
-        user, _, rest = spec.rpartition("@")
-        host, _, port_text = rest.partition(":")
-        port = int(port_text or 22)
-        jump = self._new_client(host, port)
-        sock = socket.create_connection((host, port), timeout=self.settings.connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s = self.settings
-        jump.connect(host, port, username=user or s.user or _local_user(), sock=sock,
-                     key_filename=os.path.expanduser(s.key_file) if s.key_file else None,
-                     allow_agent=s.use_agent, look_for_keys=s.key_file is None,
-                     timeout=s.connect_timeout)
-        self._jump = jump
-        transport = jump.get_transport()
-        assert transport is not None
-        return transport.open_channel("direct-tcpip", (s.host, s.port), ("127.0.0.1", 0))
-
-    def _start_shell(self) -> None:
+    def _start_shell(self, deadline: float) -> None:
         assert self._client is not None
         transport = self._client.get_transport()
         assert transport is not None
-        chan = transport.open_session()
-        chan.settimeout(self.settings.command_timeout)
+        chan = transport.open_session(timeout=max(0.1, deadline - time.monotonic()))
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.env.items())
         chan.exec_command("exec bash --noprofile --norc")
         chan.sendall((exports + _PRELUDE).encode())
         self._chan, self._buf = chan, b""
-        self._read_until(b"AKB-READY\n")
+        self._read_until(b"AKB-READY\n", deadline)
 
     def _drop(self) -> None:
         for c in (self._client, self._jump):
@@ -222,26 +315,37 @@ class SSHTransport(Transport):
         self._client = self._jump = self._chan = None
 
     def _ensure(self) -> None:
-        """A working connection, re-opened with exponential backoff and jitter if needed."""
+        """A working connection. Re-opened with exponential backoff and jitter, at most
+        ``reconnect_attempts`` tries within ``connect_total_timeout`` seconds (then
+        :class:`TransportError`; the next round tries again). A refusal (host key,
+        authentication) raises :class:`TransportRefused` at once, never retried."""
         if self._chan is not None and not self._chan.closed and self._alive():
             return
         self._drop()
         s = self.settings
-        for attempt in range(1, s.reconnect_attempts + 1):
+        start = time.monotonic()
+        end = start + s.connect_total_timeout
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                self._open()
+                self._open(min(s.connect_timeout, max(0.1, end - time.monotonic())))
                 return
-            except HostKeyError:
+            except TransportRefused:
+                self._drop()
                 raise
             except (OSError, paramiko.SSHException, EOFError, TransportError) as exc:
                 self._drop()
-                if attempt == s.reconnect_attempts:
-                    raise TransportError(
-                        f"cluster {self.name}: cannot connect to {s.host}:{s.port} after "
-                        f"{attempt} attempts: {exc}"
-                    ) from None
                 delay = min(s.reconnect_max_delay, 0.5 * 2 ** (attempt - 1))
                 delay *= random.uniform(0.5, 1.0)
+                left = end - time.monotonic() - delay
+                if attempt >= s.reconnect_attempts or left < min(1.0, s.connect_timeout):
+                    raise TransportError(
+                        f"cluster {self.name}: cannot connect to {s.host}:{s.port} "
+                        f"({attempt} attempt{'s' if attempt > 1 else ''} in "
+                        f"{time.monotonic() - start:.0f} s): {exc or type(exc).__name__}; "
+                        "the next round tries again"
+                    ) from None
                 log.warning("ssh connect failed, retrying", cluster=self.name, error=str(exc),
                             attempt=attempt, delay=round(delay, 2))
                 self._sleep(delay)
@@ -251,29 +355,51 @@ class SSHTransport(Transport):
         return transport is not None and transport.is_active()
 
     # -- the remote shell protocol ----------------------------------------------------------
-    def _read_until(self, marker: bytes) -> bytes:
+    def _read_until(self, marker: bytes, deadline: float) -> bytes:
         assert self._chan is not None
         while marker not in self._buf:
-            data = self._chan.recv(65536)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Deadline()
+            self._chan.settimeout(left)
+            try:
+                data = self._chan.recv(65536)
+            except TimeoutError:
+                continue
             if not data:
                 raise EOFError("the remote shell ended")
             self._buf += data
         head, _, self._buf = self._buf.partition(marker)
         return head
 
-    def _request(self, script: str, retry: bool) -> Completed:
-        """Run a bash script in the remote shell: (exit status, stdout, stderr)."""
+    def _request(self, script: str, retry: bool, timeout: float | None = None,
+                 what: str = "a batch of commands") -> Completed:
+        """Run a bash script in the remote shell: (exit status, stdout, stderr).
+
+        The remote shell stops it after ``timeout`` seconds (default ``ssh.command_timeout``)
+        and :class:`CommandTimedOut` is raised, never a second run; the connection stays
+        open. A broken connection is re-opened and the script sent again once if ``retry``,
+        else :class:`ConnectionLost`.
+        """
+        limit = self.settings.command_timeout if timeout is None else timeout
         with self._lock:
             for attempt in (1, 2):
                 self._ensure()
                 assert self._chan is not None
                 rid = secrets.token_hex(4)
                 payload = base64.b64encode(script.encode()).decode()
+                started = time.monotonic()
                 try:
-                    self._chan.sendall(f"akb_req {rid} {payload}\n".encode())
-                    self._read_until(f"AKB-RES {rid} ".encode())
-                    line = self._read_until(b"\n").decode()
-                except (OSError, EOFError, paramiko.SSHException, TimeoutError) as exc:
+                    self._chan.sendall(f"akb_req {rid} {limit:.3f} {payload}\n".encode())
+                    self._read_until(f"AKB-RES {rid} ".encode(), started + limit + _GRACE_S)
+                    line = self._read_until(b"\n", started + limit + _GRACE_S).decode()
+                except _Deadline:
+                    self._drop()  # the shell is still busy with it: start afresh next time
+                    raise CommandTimedOut(
+                        f"cluster {self.name}: {what} gave no answer within {limit:g} s; "
+                        "the connection was closed and the command is not run again"
+                    ) from None
+                except (OSError, EOFError, paramiko.SSHException) as exc:
                     self._drop()
                     if not retry:
                         raise ConnectionLost(
@@ -285,6 +411,12 @@ class SSHTransport(Transport):
                                 error=str(exc))
                     continue
                 rc, out, err = (line.split(" ") + ["", ""])[:3]
+                if int(rc) in _TIMED_OUT_RC and time.monotonic() - started >= limit:
+                    raise CommandTimedOut(
+                        f"cluster {self.name}: {what} did not finish within {limit:g} s and "
+                        "was stopped; it is not run again (pass a larger timeout, or raise "
+                        "ssh.command_timeout)"
+                    )
                 return Completed(("bash", "-s"), int(rc), _b64(out), _b64(err))
         raise AssertionError("unreachable")
 
@@ -295,20 +427,28 @@ class SSHTransport(Transport):
             self._ensure()
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
-            timeout: float = 60.0) -> Completed:
+            timeout: float | None = None) -> Completed:
+        """Run ``argv`` remotely, stopped after ``timeout`` seconds (default
+        ``ssh.command_timeout``; larger is fine): then :class:`CommandTimedOut`, no rerun."""
         command = shlex.join(argv)
         if stdin is not None:
             encoded = base64.b64encode(stdin).decode()
             command = f"printf '%s' {encoded} | base64 -d | {command}"
-        res = self._request(command + "\n", retry=True)
+        res = self._request(command + "\n", retry=True, timeout=timeout,
+                            what=f"`{_short(shlex.join(argv))}`")
         return Completed(tuple(argv), res.returncode, res.stdout, res.stderr)
 
     def run_many(self, argvs: Sequence[Sequence[str]], *, concurrency: int = 1,
                  retry: bool = True) -> list[Completed]:
+        """One round trip; each command is stopped after ``ssh.command_timeout`` (exit 124,
+        as the local transport reports it)."""
         if not argvs:
             return []
-        script = _ONE + "".join(f"akb_one {shlex.join(a)}\n" for a in argvs)
-        res = self._request(script, retry=retry)
+        each = self.settings.command_timeout
+        script = (f"AKB_T1={each:.3f}\n" + _ONE
+                  + "".join(f"akb_one {shlex.join(a)}\n" for a in argvs))
+        res = self._request(script, retry=retry, timeout=each * len(argvs),
+                            what=f"a batch of {len(argvs)} commands")
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("AKB-ONE ")]
         out: list[Completed] = []
         for argv, line in zip(argvs, lines, strict=False):
@@ -330,7 +470,7 @@ class SSHTransport(Transport):
                 tar.addfile(info, io.BytesIO(data))
         payload = base64.b64encode(buf.getvalue()).decode()
         res = self._request(f"printf '%s' {payload} | base64 -d | tar -C / --no-same-owner "
-                            "-xf - || exit 1\n", retry=True)
+                            "-xf - || exit 1\n", retry=True, what=f"writing {len(files)} files")
         if not res.ok:
             raise OSError(f"cluster {self.name}: cannot write files: {res.stderr.strip()}")
 
@@ -342,7 +482,7 @@ class SSHTransport(Transport):
             f"if [ -f {shlex.quote(p)} ]; then printf 'F %s\\n' \"$(base64 -w0 < "
             f"{shlex.quote(p)})\"; else echo M; fi\n" for p in wanted
         )
-        res = self._request(script, retry=True)
+        res = self._request(script, retry=True, what=f"reading {len(wanted)} files")
         out: dict[str, bytes | None] = {}
         for path, line in zip(wanted, res.stdout.splitlines(), strict=False):
             out[path] = base64.b64decode(line[2:]) if line.startswith("F") else None
@@ -376,6 +516,10 @@ class SSHTransport(Transport):
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _short(command: str, limit: int = 80) -> str:
+    return command if len(command) <= limit else command[:limit - 1] + "…"
 
 
 def _b64(text: str) -> str:
