@@ -323,7 +323,10 @@ def test_render_for_a_container_cluster_needs_an_image(cli: Cli) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "singularity exec --bind " in ok.stdout
     # compute nodes have no internet: the job runs the copy pulled into the image cache
-    assert f" {cli.state}/jobs/images/alpine_3.19.sif /bin/bash" in ok.stdout
+    from runtimes.images import cache_name
+
+    cached = cache_name("docker://alpine:3.19")
+    assert f" {cli.state}/jobs/images/{cached} /bin/bash" in ok.stdout
 
 
 # --- bad input --------------------------------------------------------------------------------
