@@ -463,6 +463,26 @@ ensure_node_usable() {
     log "node $NODE: $state"
 }
 
+# Jobs a slurmctld recovers from its state files after a reboot or a killed lab belong to
+# no running test (they died with their slurmd); they would hold the node for their whole
+# time limit and be requeued. Cancel them when this run started slurmctld itself.
+cancel_leftover_jobs() {
+    local ids deadline
+    ids=$(squeue -h -o %i 2>/dev/null | tr '\n' ' ') || true
+    [[ -n ${ids// /} ]] || return 0
+    log "slurmctld: cancelling $(wc -w <<<"$ids") job(s) recovered from an earlier lab run"
+    # shellcheck disable=SC2086
+    scancel $ids >/dev/null 2>&1 || true
+    deadline=$(( ${EPOCHREALTIME%.*} + 60 ))
+    while [[ -n $(squeue -h -o %i -t PD,R,CG,S 2>/dev/null) ]]; do
+        (( ${EPOCHREALTIME%.*} < deadline )) || {
+            squeue >&2 || true
+            die "leftover jobs still in the queue after scancel" "$LAB/log/slurmctld.log"
+        }
+        sleep 0.25
+    done
+}
+
 job_state_in_sacct() {
     local out
     out=$(sacct -n -X -P -j "$1" -o State 2>/dev/null) || true
@@ -579,6 +599,9 @@ ensure_mariadb
 ensure_slurmdbd
 ensure_slurmctld
 ensure_slurmd
+for d in "${started[@]}"; do
+    [[ $d == slurmctld ]] && cancel_leftover_jobs
+done
 ensure_node_usable
 
 slurm_started=0
