@@ -110,7 +110,7 @@ class Bridge:
         except UnknownCluster as exc:
             raise SubmissionError(str(exc)) from None
 
-    def submit(self, wf: Workflow) -> int:
+    def submit(self, wf: Workflow, intake_key: str | None = None) -> int:
         """Check that every step can run where it asks to, then store the workflow with the
         retry defaults of each step's cluster where the file set none (the stored policy is
         the one applied, whatever the cluster config says later)."""
@@ -122,7 +122,7 @@ class Bridge:
             except RenderError as exc:
                 raise SubmissionError(str(exc)) from None
         wf = wf.with_retry_defaults(lambda name: self.cluster(name).retry.policy())
-        wf_id = self.store.add_workflow(wf)
+        wf_id = self.store.add_workflow(wf, intake_key)
         log.info("workflow accepted", workflow=wf_id, name=wf.name, activities=len(wf.steps))
         return wf_id
 

@@ -78,6 +78,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX attempts_activity ON attempts(activity_id);
     CREATE INDEX activities_workflow ON activities(workflow_id, position);
     """,
+    # 4: where a workflow came from, so an intake retried after a crash (a spool file, an API
+    #    request with an Idempotency-Key) finds the workflow it already stored
+    """
+    ALTER TABLE workflows ADD COLUMN intake_key TEXT;
+    CREATE UNIQUE INDEX workflows_intake_key ON workflows(intake_key)
+        WHERE intake_key IS NOT NULL;
+    CREATE INDEX workflows_created ON workflows(created_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")
@@ -215,15 +223,24 @@ class Store:
         self.db.execute("COMMIT")
 
     # -- intake -----------------------------------------------------------------------------
-    def add_workflow(self, wf: Workflow) -> int:
-        """Store a validated workflow and its activities (PENDING) in one transaction."""
+    def add_workflow(self, wf: Workflow, intake_key: str | None = None) -> int:
+        """Store a validated workflow and its activities (PENDING) in one transaction.
+
+        ``intake_key``: where it came from (``spool:<file>:<sha256>``, an API idempotency
+        key); a workflow already stored under that key is returned instead of a second one.
+        """
         now = iso(now_utc())
         with self.transaction() as db:
+            if intake_key is not None:
+                row = db.execute("SELECT id FROM workflows WHERE intake_key=?",
+                                 (intake_key,)).fetchone()
+                if row:
+                    return int(row[0])
             cur = db.execute(
                 "INSERT INTO workflows(name, namespace, runtime, source_format, raw, spec, state,"
-                " created_at) VALUES (?,?,?,?,?,?,?,?)",
+                " created_at, intake_key) VALUES (?,?,?,?,?,?,?,?,?)",
                 (wf.name, wf.namespace, wf.runtime, wf.source_format, wf.raw,
-                 wf.model_dump_json(), WorkflowState.RUNNING.value, now),
+                 wf.model_dump_json(), WorkflowState.RUNNING.value, now, intake_key),
             )
             wf_id = int(cur.lastrowid or 0)
             db.executemany(
@@ -271,6 +288,12 @@ class Store:
         return names or ["(workflow)"]
 
     # -- reads ------------------------------------------------------------------------------
+    def workflow_by_intake_key(self, intake_key: str) -> int | None:
+        """The id of the workflow stored under ``intake_key``, if any."""
+        row = self.db.execute("SELECT id FROM workflows WHERE intake_key=?",
+                              (intake_key,)).fetchone()
+        return int(row[0]) if row else None
+
     def workflow(self, wf_id: int) -> WorkflowRow | None:
         row = self.db.execute("SELECT * FROM workflows WHERE id=?", (wf_id,)).fetchone()
         return self._workflow(row) if row else None

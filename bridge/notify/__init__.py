@@ -1,0 +1,1 @@
+"""Telling the outside world: webhooks, e-mail, systemd."""
