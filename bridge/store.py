@@ -79,12 +79,16 @@ MIGRATIONS: list[str] = [
     CREATE INDEX activities_workflow ON activities(workflow_id, position);
     """,
     # 4: where a workflow came from, so an intake retried after a crash (a spool file, an API
-    #    request with an Idempotency-Key) finds the workflow it already stored
+    #    request with an Idempotency-Key) finds the workflow it already stored; what sacct
+    #    reports of an attempt's use (MaxRSS, Elapsed, TotalCPU)
     """
     ALTER TABLE workflows ADD COLUMN intake_key TEXT;
     CREATE UNIQUE INDEX workflows_intake_key ON workflows(intake_key)
         WHERE intake_key IS NOT NULL;
     CREATE INDEX workflows_created ON workflows(created_at);
+    ALTER TABLE attempts ADD COLUMN max_rss_kb INTEGER;
+    ALTER TABLE attempts ADD COLUMN elapsed_s REAL;
+    ALTER TABLE attempts ADD COLUMN cpu_s REAL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
