@@ -1,5 +1,5 @@
 """The ``akobridge`` command line: run, resume, retry, cancel, logs, status, artifacts,
-validate, render, cluster check.
+validate, render, cluster check (``serve`` and ``submit``: :mod:`bridge.cli_daemon`).
 
 Bad input and bad set-ups exit with status 2 and a message that names the problem (never a
 traceback); a run exits 0 only when every activity completed, 1 otherwise, 130 on Ctrl-C.
@@ -26,6 +26,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bridge import __version__, config, logs
+from bridge.cli_daemon import ApiLogReader, daemon_client, fail_api, follow_daemon, register
+from bridge.client import ApiError, Client, Unreachable
 from bridge.engine import WorkflowState
 from bridge.events import DeliveryLoop, make_due, next_try, pending_by_destination
 from bridge.jobs import render_step
@@ -163,7 +165,7 @@ def main(ctx: click.Context, state_dir: str | None, clusters_dir: str | None,
     """Run AkoFlow workflows on Slurm (or as local processes) and report by webhooks."""
     logs.configure(["WARNING", "INFO", "DEBUG"][min(verbose, 2)])
     ctx.obj = {"state_dir": config.state_dir(state_dir), "clusters_dir": clusters_dir,
-               "verbose": verbose}
+               "verbose": verbose, "state_dir_given": bool(state_dir)}
 
 
 def _clusters_option(f: click.decorators.FC) -> click.decorators.FC:
@@ -308,8 +310,11 @@ def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float
     from runtimes.base import RuntimeFailure
 
     wf = load_workflow(file, runtime)
-    clusters = _clusters(ctx, clusters_dir_local)
     state = _state(ctx)
+    client = daemon_client(state)
+    if client is not None:
+        sys.exit(_run_through(client, state, file, wf, runtime, webhook_wait))
+    clusters = _clusters(ctx, clusters_dir_local)
     with owning(state):
         store = open_store(state, must_exist=False)
         bridge = Bridge(store, clusters, state)
@@ -327,6 +332,21 @@ def run(ctx: click.Context, file: Path, runtime: str | None, webhook_wait: float
     sys.exit(code)
 
 
+def _run_through(client: Client, state: Path, file: Path, wf: Workflow, runtime: str | None,
+                 webhook_wait: float) -> int:
+    """``run`` when a daemon owns the state dir: it stores and drives the workflow."""
+    try:
+        reply = client.submit(wf.raw, runtime)
+    except (ApiError, Unreachable) as exc:
+        fail_api(exc)
+    store = open_store(state)
+    wf_id = int(reply["id"])
+    err.print(f"workflow {escape(repr(wf.name))} is #{wf_id} on [bold]{escape(wf.runtime)}"
+              f"[/bold] (state: {escape(str(store.path))})", highlight=False,
+              soft_wrap=True)
+    return follow_daemon(store, client, [wf_id], webhook_wait)
+
+
 @main.command()
 @click.argument("workflow_id", required=False, type=WF_ID)
 @_webhook_wait_option
@@ -342,6 +362,13 @@ def resume(ctx: click.Context, workflow_id: int | None, webhook_wait: float,
     """
     state = _state(ctx)
     open_store(state).close()  # exits when there is no store yet
+    client = daemon_client(state)
+    if client is not None:
+        store = open_store(state)
+        wanted = [workflow_id] if workflow_id is not None else sorted(store.active_ids())
+        say("", f"the daemon at {client.address} drives this state dir; following "
+            f"{len(wanted)} workflow(s)")
+        sys.exit(follow_daemon(store, client, wanted, webhook_wait) if wanted else 0)
     with owning(state):
         store = open_store(state)
         active = sorted(store.active_ids())
@@ -373,6 +400,16 @@ def retry(ctx: click.Context, workflow_id: int, webhook_wait: float,
     completed is kept), and follow it to the end."""
     state = _state(ctx)
     open_store(state).close()
+    client = daemon_client(state)
+    if client is not None:
+        store = open_store(state)
+        name = _workflow(store, workflow_id).name
+        try:
+            names = client.retry(workflow_id)["activities"]
+        except (ApiError, Unreachable) as exc:
+            fail_api(exc)
+        say("retrying", f"workflow #{workflow_id} {name}: {', '.join(names)}")
+        sys.exit(follow_daemon(store, client, [workflow_id], webhook_wait))
     clusters = _clusters(ctx, clusters_dir_local)
     with owning(state):
         store = open_store(state)
@@ -419,6 +456,11 @@ def follow(store: Store, bridge: Bridge, wf_ids: list[int], webhook_wait: float,
     finals = [final_view(store, wf_id, reader) for wf_id in wf_ids]
     bridge.close()
     settle_deliveries(store, delivery, webhook_wait)
+    return print_finals(store, wf_ids, finals)
+
+
+def print_finals(store: Store, wf_ids: list[int], finals: list[Any]) -> int:
+    """The final tables and line of each workflow; 0 only if all completed."""
     code = 0
     for wf_id, (parts, line, _fails) in zip(wf_ids, finals, strict=True):
         for part in parts:
@@ -533,7 +575,14 @@ def cancel(ctx: click.Context, workflow_id: int, activities: tuple[str, ...],
     try:
         lock.acquire()
     except StateDirBusy as busy:
-        hit = store.request_cancel(workflow_id, list(activities) or None)
+        client = daemon_client(state)
+        if client is not None:
+            try:
+                hit = client.cancel(workflow_id, list(activities) or None)["activities"]
+            except (ApiError, Unreachable) as exc:
+                fail_api(exc)
+        else:
+            hit = store.request_cancel(workflow_id, list(activities) or None)
         if not hit:
             out.print(f"nothing to cancel: the activities of workflow {workflow_id} have ended")
             return
@@ -630,9 +679,15 @@ def logs_cmd(ctx: click.Context, workflow_id: int, activity: str, stderr: bool, 
             fail(f"activity {activity!r} of workflow {workflow_id} has no attempt {attempt} "
                  f"(attempts: {', '.join(str(t.number) for t in attempts) or 'none yet'})")
         chosen = matching[0]
-    clusters = _clusters(ctx, clusters_dir_local)
-    bridge = Bridge(store, clusters, state)
-    reader = LogReader(bridge.runtime, _remote(clusters))
+    client = daemon_client(state)
+    bridge: Bridge | None = None
+    reader: Any
+    if client is not None:  # the daemon holds the cluster's connection
+        reader = ApiLogReader(client, store)
+    else:
+        clusters = _clusters(ctx, clusters_dir_local)
+        bridge = Bridge(store, clusters, state)
+        reader = LogReader(bridge.runtime, _remote(clusters))
     sink = sys.stdout.buffer
     try:
         if not follow_:
@@ -647,7 +702,8 @@ def logs_cmd(ctx: click.Context, workflow_id: int, activity: str, stderr: bool, 
             return
         _follow_log(store, reader, act, chosen, attempt is not None, stream, sink, state)
     finally:
-        bridge.close()
+        if bridge is not None:
+            bridge.close()
 
 
 def _write(sink: Any, data: bytes) -> None:
@@ -658,7 +714,7 @@ def _write(sink: Any, data: bytes) -> None:
         sys.exit(0)
 
 
-def _follow_log(store: Store, reader: LogReader, act: ActivityRow, current: Any, pinned: bool,
+def _follow_log(store: Store, reader: Any, act: ActivityRow, current: Any, pinned: bool,
                 stream: str, sink: Any, state: Path) -> None:
     offset = 0
     warned = False
@@ -715,13 +771,19 @@ def status(ctx: click.Context, workflow_id: int | None, as_json: bool,
             out.print(workflow_table(rows))
         return
     row = _workflow(store, workflow_id)
-    try:
-        clusters: Clusters | None = Clusters.from_dir(
-            config.clusters_dir(clusters_dir_local or ctx.obj["clusters_dir"]))
-    except (ClusterConfigError, OSError):
-        clusters = None  # the logs of local job dirs can still be read
-    bridge = Bridge(store, clusters, state) if clusters is not None else None
-    reader = LogReader(bridge.runtime if bridge else None, _remote(clusters))
+    client = daemon_client(state)
+    bridge: Bridge | None = None
+    reader: Any
+    if client is not None:
+        reader = ApiLogReader(client, store)
+    else:
+        try:
+            clusters: Clusters | None = Clusters.from_dir(
+                config.clusters_dir(clusters_dir_local or ctx.obj["clusters_dir"]))
+        except (ClusterConfigError, OSError):
+            clusters = None  # the logs of local job dirs can still be read
+        bridge = Bridge(store, clusters, state) if clusters is not None else None
+        reader = LogReader(bridge.runtime if bridge else None, _remote(clusters))
     try:
         if as_json:
             click.echo(json.dumps(workflow_json(store, row, reader), indent=2))
@@ -826,3 +888,6 @@ def cluster_check(ctx: click.Context, name: str, clusters_dir_local: str | None)
             say("[red]✗[/red]", f"{check_name}: {detail}")
     out.print(escape(check.summary()), highlight=False, soft_wrap=True)
     sys.exit(0 if passed(rows) else 1)
+
+
+register(main)

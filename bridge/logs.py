@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 _WRITE = threading.Lock()
+_TO_STDOUT = False
 
 
 class StderrLogger:
@@ -30,7 +31,7 @@ class StderrLogger:
 
     def msg(self, message: str) -> None:
         with _WRITE:
-            stream = sys.stderr
+            stream = sys.stdout if _TO_STDOUT else sys.stderr
             try:
                 stream.write(message + "\n")
                 stream.flush()
@@ -41,8 +42,11 @@ class StderrLogger:
     fatal = failure = err = error = critical = exception = msg
 
 
-def configure(level: str = "WARNING", json: bool | None = None) -> None:
-    """Log to stderr at ``level``; JSON unless stderr is a terminal (or ``json`` says so)."""
+def configure(level: str = "WARNING", json: bool | None = None, stdout: bool = False) -> None:
+    """Log to stderr (the daemon: ``stdout``) at ``level``; JSON unless stderr is a terminal
+    (or ``json`` says so)."""
+    global _TO_STDOUT
+    _TO_STDOUT = stdout
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import structlog
 
+from bridge import metrics
 from bridge.jobs import render_step
 from bridge.phases.plan import Planner, PlanResult
 from bridge.phases.prepare import staged_volumes
@@ -38,6 +39,8 @@ ROUND_WAIT_S = 1.0
 """How long a cycle waits for the clusters' rounds before it plans again (a slow cluster's
 round goes on in the background; it is not started twice)."""
 CLOSE_WAIT_S = 15.0
+REFUSED_PAUSE_S = 60.0
+"""How long the daemon leaves a cluster alone after it refused the login."""
 """How long :meth:`Bridge.close` waits for the rounds in flight."""
 
 
@@ -57,10 +60,12 @@ class _Lane:
 
     def start(self, order: RoundOrder) -> None:
         def go() -> None:
+            started = time.monotonic()
             try:
                 self.outcome = self.worker.round(order)
             except BaseException as exc:  # noqa: BLE001 - handed to the cycle's thread
                 self.outcome = exc
+            metrics.POLL_SECONDS.labels(self.worker.name).observe(time.monotonic() - started)
 
         self.thread = threading.Thread(target=go, name=f"akb-{self.worker.name}", daemon=True)
         self.thread.start()
@@ -93,6 +98,13 @@ class Bridge:
         self.planner = Planner(store, self.cluster, self._staged, clock)
         self.unreachable: dict[str, str] = {}
         """Cluster → why its last round could not reach it."""
+        self.raise_refusals = True
+        """A refused login (bad key, changed host key) ends :meth:`run` (the CLI); the daemon
+        sets False: the cluster is noted unreachable and left alone for
+        :data:`REFUSED_PAUSE_S` (or until :meth:`reload`)."""
+        self._refused_until: dict[str, float] = {}
+        self._stale: set[str] = set()
+        """Clusters whose config changed while a round was using their runtime."""
 
     @property
     def hold(self) -> bool:
@@ -110,10 +122,12 @@ class Bridge:
         except UnknownCluster as exc:
             raise SubmissionError(str(exc)) from None
 
-    def submit(self, wf: Workflow, intake_key: str | None = None) -> int:
+    def submit(self, wf: Workflow, intake_key: str | None = None,
+               store: Store | None = None) -> int:
         """Check that every step can run where it asks to, then store the workflow with the
         retry defaults of each step's cluster where the file set none (the stored policy is
-        the one applied, whatever the cluster config says later)."""
+        the one applied, whatever the cluster config says later). ``store``: the calling
+        thread's connection (default: the bridge's own)."""
         for step in wf.steps:
             cfg = self.cluster(step.runtime or wf.runtime)
             try:
@@ -122,7 +136,7 @@ class Bridge:
             except RenderError as exc:
                 raise SubmissionError(str(exc)) from None
         wf = wf.with_retry_defaults(lambda name: self.cluster(name).retry.policy())
-        wf_id = self.store.add_workflow(wf, intake_key)
+        wf_id = (store or self.store).add_workflow(wf, intake_key)
         log.info("workflow accepted", workflow=wf_id, name=wf.name, activities=len(wf.steps))
         return wf_id
 
@@ -145,6 +159,34 @@ class Bridge:
 
     def _staged(self, wf: WorkflowRow) -> bool:
         return bool(staged_volumes(wf, self.cluster(wf.runtime)))
+
+    def reload(self, clusters: Clusters) -> list[str]:
+        """Use new cluster configs; the runtimes (SSH connections) of clusters whose config
+        changed or went away are closed (after their round in flight), the others kept.
+        Returns the names of the clusters that changed."""
+        old, self.clusters = self.clusters, clusters
+        changed = []
+        for name in sorted(set(self.runtimes) | set(self._refused_until)):
+            before, after = old.get(name), clusters.get(name)
+            if before is None or after is None or before != after:
+                changed.append(name)
+        for name in changed:
+            self._refused_until.pop(name, None)
+            self.unreachable.pop(name, None)
+            lane = self._lanes.get(name)
+            if lane is not None and lane.busy:
+                self._stale.add(name)
+            else:
+                self._drop_runtime(name)
+        return changed
+
+    def _drop_runtime(self, name: str) -> None:
+        rt = self.runtimes.pop(name, None)
+        if rt is not None:
+            try:
+                rt.close()
+            except Exception as exc:  # noqa: BLE001 - closing a broken link is best effort
+                log.info("closing a runtime failed", cluster=name, error=str(exc))
 
     def close(self) -> None:
         """Let rounds in flight finish (up to :data:`CLOSE_WAIT_S`), then close connections.
@@ -190,7 +232,8 @@ class Bridge:
         names = {a.cluster for a in self.store.live_attempts(driven)}
         names |= {n for n, ids in plan.prepare.items() if ids}
         names |= {n for n, ids in plan.stage_out.items() if ids}
-        return names
+        now = time.monotonic()
+        return {n for n in names if self._refused_until.get(n, 0.0) <= now}
 
     def _collect(self) -> bool:
         """Results of finished rounds; a cluster that could not be reached is noted (and
@@ -200,11 +243,21 @@ class Bridge:
             if not lane.finished():
                 continue
             lane.thread, outcome = None, lane.outcome
+            if name in self._stale:
+                self._stale.discard(name)
+                self._drop_runtime(name)
             if isinstance(outcome, bool):
                 changed |= outcome
                 self.unreachable.pop(name, None)
-            elif isinstance(outcome, TransportRefused):
+            elif isinstance(outcome, TransportRefused) and self.raise_refusals:
                 raise outcome
+            elif isinstance(outcome, TransportRefused):
+                if self.unreachable.get(name) != str(outcome):
+                    log.error("cluster refused the login; trying again later", cluster=name,
+                              error=str(outcome), pause_s=REFUSED_PAUSE_S)
+                self.unreachable[name] = f"refused: {outcome}"
+                self._refused_until[name] = time.monotonic() + REFUSED_PAUSE_S
+                self._drop_runtime(name)
             elif isinstance(outcome, TransportError):
                 if self.unreachable.get(name) != str(outcome):
                     log.warning("cannot reach cluster", cluster=name, error=str(outcome))
@@ -227,9 +280,9 @@ class Bridge:
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("workflows still running after the timeout")
-            time.sleep(0.01 if changed else idle_s or self._idle())
+            time.sleep(0.01 if changed else idle_s or self.idle_s())
 
-    def _idle(self) -> float:
+    def idle_s(self) -> float:
         """Pause between quiet cycles: the shortest ``marker_interval`` of the clusters in use
         (reading exit-code files costs no controller RPC; squeue has its own rate limit)."""
         intervals = [self.cluster(n).slurm.marker_interval for n in self._lanes]

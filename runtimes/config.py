@@ -310,6 +310,10 @@ def load_cluster(path: Path) -> ClusterConfig:
         raise ClusterConfigError("\n".join(lines)) from None
 
 
+DAEMON_CONFIG_NAMES = frozenset({"bridge.yaml", "bridge.yml"})
+"""File names a clusters dir skips: the daemon config (``akobridge serve --config``)."""
+
+
 class UnknownCluster(ValueError):
     """No cluster config has this name or alias."""
 
@@ -334,10 +338,12 @@ class Clusters:
 
     @classmethod
     def from_dir(cls, directory: Path | None) -> Clusters:
-        """Every ``*.yaml``/``*.yml`` file in ``directory`` (which may be absent)."""
+        """Every ``*.yaml``/``*.yml`` file in ``directory`` (which may be absent), except
+        the daemon's own config, :data:`DAEMON_CONFIG_NAMES`, which may sit beside them."""
         if directory is None or not directory.is_dir():
             return cls([])
-        files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+        files = sorted(f for f in [*directory.glob("*.yaml"), *directory.glob("*.yml")]
+                       if f.name not in DAEMON_CONFIG_NAMES)
         return cls([load_cluster(f) for f in files])
 
     def get(self, name: str) -> ClusterConfig | None:

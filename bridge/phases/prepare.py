@@ -13,7 +13,7 @@ import structlog
 
 from bridge.engine import WorkflowState
 from bridge.outbox import emit_activity, finish_workflow
-from bridge.spec.model import Volume
+from bridge.spec.model import Volume, Workflow
 from bridge.store import Store, WorkflowRow, iso
 from runtimes import Runtime
 from runtimes.config import ClusterConfig
@@ -24,7 +24,12 @@ log = structlog.get_logger("akobridge.prepare")
 
 def staged_volumes(wf: WorkflowRow, cluster: ClusterConfig) -> list[Volume]:
     """Volumes whose two sides differ: a remote cluster, or a local copy A → B."""
-    return [v for v in wf.spec.volumes
+    return volumes_to_stage(wf.spec, cluster)
+
+
+def volumes_to_stage(spec: Workflow, cluster: ClusterConfig) -> list[Volume]:
+    """:func:`staged_volumes` of a workflow spec (stored or not)."""
+    return [v for v in spec.volumes
             if cluster.transport == "ssh"
             or os.path.normpath(v.source) != os.path.normpath(v.target)]
 

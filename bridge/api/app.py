@@ -1,0 +1,177 @@
+"""The HTTP API: one FastAPI app, a router per surface (AkoFlow, monitoring), errors as JSON
+``{error, detail: [{field, message}]}``, bearer tokens, a body size limit, metrics."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import structlog
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bridge import __version__, metrics
+from bridge.api.stream import EventHub
+from bridge.service import Service, ServiceError
+
+log = structlog.get_logger("akobridge.api")
+
+MAX_ID = 2**62
+WorkflowId = Annotated[int, Path(ge=1, le=MAX_ID, description="A workflow id.")]
+
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+"""Answered without a token: they tell nothing about workflows."""
+
+
+@dataclass
+class ApiContext:
+    """What the routes need: the service, the change hub, readiness and auth settings."""
+
+    service: Service
+    hub: EventHub = field(default_factory=EventHub)
+    tokens: list[str] = field(default_factory=list)
+    tokenless_ports: set[int] = field(default_factory=set)
+    """TCP ports (loopback listeners) the config lets answer without a token."""
+    max_body: int = 1024 * 1024
+    readiness: Callable[[], dict[str, Any]] = dict
+    dead_letters: Callable[[int, int], list[dict[str, Any]]] | None = None
+    redeliver: Callable[[int], bool] | None = None
+
+
+def error_response(status: int, error: str, detail: list[dict[str, Any]] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail or []}, status_code=status,
+                        headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts)
+
+
+class BodyLimit:
+    """413 for a body over ``limit`` bytes, whether announced by Content-Length or not."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooBig
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooBig:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = error_response(413, f"request body over {self.limit} bytes",
+                              [{"field": "body", "message": f"at most {self.limit} bytes"}])
+        await resp(scope, receive, send)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _is_unix(scope: Scope) -> bool:
+    server = scope.get("server")
+    return server is None or not isinstance(server[1], int)
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    """The app for one daemon (routers import lazily to keep this module small)."""
+    from bridge.api import akoflow, monitoring
+
+    app = FastAPI(title="akobridge", version=__version__,
+                  description="AkoFlow-compatible intake, monitoring and webhooks of a Slurm "
+                              "bridge. Errors are `{error, detail: [{field, message}]}`.",
+                  redoc_url=None)
+    app.state.ctx = ctx
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_req: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.error, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "the body is not valid JSON", [
+                {"field": "body", "message": str(e.get("ctx", {}).get("error", e["msg"]))}
+                for e in errors if e.get("type") == "json_invalid"])
+        return error_response(422, "the request is not valid", [
+            {"field": _field(e["loc"]), "message": e["msg"]} for e in errors])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), [],
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed", path=req.url.path)
+        return error_response(500, "internal error (logged by the daemon)")
+
+    @app.middleware("http")
+    async def _auth_and_metrics(request: Request,
+                                call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        response = await _authorised(request, call_next)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.API_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    async def _authorised(request: Request,
+                          call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        if request.url.path in PUBLIC_PATHS or _is_unix(request.scope):
+            return await call_next(request)
+        server = request.scope.get("server") or ("", 0)
+        if server[1] in ctx.tokenless_ports:
+            return await call_next(request)
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        ok = scheme.lower() == "bearer" and bool(token) and any(
+            hmac.compare_digest(token.strip().encode(), t.encode()) for t in ctx.tokens)
+        if not ok:
+            why = "missing bearer token" if not given else "invalid token"
+            return error_response(401, f"unauthorised: {why}", [
+                {"field": "Authorization", "message": "send `Authorization: Bearer <token>` "
+                 "with a token from the daemon's api.token_file"}],
+                headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    app.include_router(akoflow.router)
+    app.include_router(monitoring.router)
+    app.add_middleware(BodyLimit, limit=ctx.max_body)
+    return app
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,60 @@
+"""State changes as a feed (for ``GET /events`` and the monitoring page).
+
+The owner of the state dir calls :meth:`ChangeFeed.poll` after each cycle that changed
+something; it compares the activities of the running (and just finished) workflows with what
+it saw last and returns one event per change. No extra table: the store stays the one truth.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bridge.store import Store, iso, now_utc
+
+
+class ChangeFeed:
+    """Diffs of workflow and activity states since the last :meth:`poll`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._acts: dict[int, tuple[int, str, int, str | None]] = {}
+        """activity id → (workflow id, state, attempt, job id) last seen."""
+        self._wfs: dict[int, str] = {}
+        self._since: datetime = now_utc()
+
+    def poll(self) -> list[dict[str, Any]]:
+        now = now_utc()
+        db = self.store.db
+        since = iso(self._since)
+        wf_rows = db.execute(
+            "SELECT id, name, state FROM workflows WHERE state='RUNNING' OR finished_at>=?"
+            " OR created_at>=?", (since, since)).fetchall()
+        events: list[dict[str, Any]] = []
+        ids = [int(r["id"]) for r in wf_rows]
+        for r in wf_rows:
+            if self._wfs.get(r["id"]) != r["state"]:
+                self._wfs[r["id"]] = r["state"]
+                events.append({"type": "workflow", "workflow_id": r["id"], "name": r["name"],
+                               "state": r["state"]})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for a in db.execute(
+                    "SELECT id, workflow_id, name, state, attempt, job_id, exit_code, reason"
+                    f" FROM activities WHERE workflow_id IN ({marks})", chunk):
+                seen = (a["workflow_id"], a["state"], a["attempt"], a["job_id"])
+                if self._acts.get(a["id"]) != seen:
+                    self._acts[a["id"]] = seen
+                    events.append({"type": "activity", "workflow_id": a["workflow_id"],
+                                   "activity": a["name"], "state": a["state"],
+                                   "attempt": a["attempt"], "job_id": a["job_id"],
+                                   "exit_code": a["exit_code"], "reason": a["reason"]})
+        current = set(ids)
+        gone = {i for i in self._wfs if i not in current}
+        if gone:  # finished before the last poll: they can no longer change
+            for i in gone:
+                del self._wfs[i]
+            self._acts = {k: v for k, v in self._acts.items() if v[0] not in gone}
+        self._since = now
+        return events
