@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge.api.app import WorkflowId, context
+from bridge.api.app import MAX_ID, WorkflowId, context
 from bridge.service import decode_workflow
 
 router = APIRouter(tags=["AkoFlow"])
@@ -97,7 +97,7 @@ def _activity_status(state: str) -> int:
 
 @router.get("/akoflow-api/workflows/")
 async def engine_list(request: Request, limit: int = Query(100, ge=1, le=1000),
-                      offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+                      offset: int = Query(0, ge=0, le=MAX_ID)) -> list[dict[str, Any]]:
     """Workflows as the AkoFlow engine lists them (integer ``status``) plus ``state``."""
     page = await run_in_threadpool(context(request).service.workflows, limit=limit,
                                    offset=offset)

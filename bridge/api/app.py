@@ -50,7 +50,10 @@ def error_response(status: int, error: str, detail: list[dict[str, Any]] | None 
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """``("query", "path")`` → ``path``; the whole body (``("body",)``) → ``body``."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
     return ".".join(parts)
 
 
@@ -73,30 +76,33 @@ class BodyLimit:
                 if too_big:
                     await self._refuse(scope, receive, send)
                     return
-        seen = 0
+        seen, refused = 0, False
 
         async def limited() -> Message:
-            nonlocal seen
+            # Over the limit: answer 413 at once and tell the app the client left (raising
+            # here would reach FastAPI's body parser, which turns any error into a 400).
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooBig
+                    refused = True
+                    await self._refuse(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooBig:
-            await self._refuse(scope, receive, send)
+        async def guarded(message: Message) -> None:
+            if not refused:  # the app's own reply after the 413 is dropped
+                await send(message)
+
+        await self.app(scope, limited, guarded)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = error_response(413, f"request body over {self.limit} bytes",
                               [{"field": "body", "message": f"at most {self.limit} bytes"}])
         await resp(scope, receive, send)
-
-
-class _TooBig(Exception):
-    pass
 
 
 def _is_unix(scope: Scope) -> bool:
