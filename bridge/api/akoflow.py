@@ -51,13 +51,7 @@ async def _submit(request: Request, body: WorkflowIn, key: str | None) -> tuple[
     return wf_id, wf.name
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Bad JSON or base64"}, 401: {"description": "No or bad token"},
-    413: {"description": "Body over api.max_body"},
-    422: {"description": "Invalid workflow (each problem names its field)"}}
-
-
-@router.post("/workflows", status_code=201, response_model=Accepted, responses=_ERRORS)
+@router.post("/workflows", status_code=201, response_model=Accepted)
 async def post_workflow(request: Request, body: WorkflowIn,
                         idempotency_key: str | None = Header(default=None, max_length=200),
                         ) -> Accepted:
@@ -67,14 +61,14 @@ async def post_workflow(request: Request, body: WorkflowIn,
     return Accepted(id=wf_id, name=name, message=DEPLOYED)
 
 
-@router.post("/akoflow-server/workflow/", response_model=EngineAccepted, responses=_ERRORS)
+@router.post("/akoflow-server/workflow/", response_model=EngineAccepted)
 async def post_engine_server(request: Request, body: WorkflowIn) -> EngineAccepted:
     """The AkoFlow engine's server path (same body, its reply shape)."""
     wf_id, name = await _submit(request, body, None)
     return EngineAccepted(workflow_entity=name, workflow_id=wf_id, message=DEPLOYED)
 
 
-@router.post("/akoflow-api/workflows/", response_model=EngineAccepted, responses=_ERRORS)
+@router.post("/akoflow-api/workflows/", response_model=EngineAccepted)
 async def post_engine_api(request: Request, body: WorkflowIn) -> EngineAccepted:
     """The AkoFlow engine's API path (same body, its reply shape)."""
     wf_id, name = await _submit(request, body, None)

@@ -12,6 +12,7 @@ import structlog
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +24,34 @@ log = structlog.get_logger("akobridge.api")
 
 MAX_ID = 2**62
 WorkflowId = Annotated[int, Path(ge=1, le=MAX_ID, description="A workflow id.")]
+
+class Problem(BaseModel):
+    """One thing wrong with a request: the field at fault (``""``: none) and why."""
+
+    model_config = ConfigDict(extra="allow")
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error reply: ``{error, detail: [{field, message}]}``."""
+
+    error: str
+    detail: list[Problem]
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, all with the :class:`ErrorBody` shape."""
+    return {s: {"model": ErrorBody, "description": _ERROR_TEXT.get(s, "Error")}
+            for s in statuses}
+
+
+_ERROR_TEXT = {400: "Bad JSON or base64", 401: "No or bad token", 404: "Not found",
+               409: "Conflicts with the workflow's state", 413: "Body over api.max_body",
+               422: "A field is not valid (each problem names its field)",
+               502: "The cluster cannot be reached now", 503: "Not ready"}
+COMMON_ERRORS = errors(400, 401, 404, 413, 422)
+"""What any route can answer (bad JSON, token, unknown id, body size, validation)."""
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 """Answered without a token: they tell nothing about workflows."""
@@ -172,8 +201,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
-    app.include_router(akoflow.router)
-    app.include_router(monitoring.router)
+    app.include_router(akoflow.router, responses=COMMON_ERRORS)
+    app.include_router(monitoring.router, responses=COMMON_ERRORS)
     app.add_middleware(BodyLimit, limit=ctx.max_body)
     return app
 

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from bridge.api.app import MAX_ID, WorkflowId, context
+from bridge.api.app import MAX_ID, WorkflowId, context, errors
 from bridge.service import ServiceError, problem
 
 router = APIRouter()
@@ -63,7 +63,8 @@ async def get_workflow(request: Request, workflow_id: WorkflowId) -> dict[str, A
     return await run_in_threadpool(context(request).service.workflow, workflow_id)
 
 
-@router.get("/workflows/{workflow_id}/activities/{name}/logs", tags=["monitoring"])
+@router.get("/workflows/{workflow_id}/activities/{name}/logs", tags=["monitoring"],
+            responses=errors(502))
 async def get_logs(
     request: Request, workflow_id: WorkflowId, name: Name,
     stream: Literal["out", "err"] = "out",
@@ -90,7 +91,7 @@ async def cancel(request: Request, workflow_id: WorkflowId,
 
 
 @router.post("/workflows/{workflow_id}/retry", status_code=202, response_model=Requested,
-             tags=["control"])
+             tags=["control"], responses=errors(409))
 async def retry(request: Request, workflow_id: WorkflowId) -> Requested:
     """Run the failed, cancelled and skipped activities of a finished workflow again."""
     names = await run_in_threadpool(context(request).service.retry, workflow_id)
@@ -98,7 +99,7 @@ async def retry(request: Request, workflow_id: WorkflowId) -> Requested:
                      message=f"retrying {len(names)} activities")
 
 
-@router.get("/workflows/{workflow_id}/artifacts", tags=["artifacts"])
+@router.get("/workflows/{workflow_id}/artifacts", tags=["artifacts"], responses=errors(502))
 async def list_artifacts(request: Request, workflow_id: WorkflowId) -> list[dict[str, Any]]:
     """Files under the workflow's volume targets, mount paths and job directories."""
     return await run_in_threadpool(_list_artifacts, request, workflow_id)
@@ -132,7 +133,7 @@ def _list_artifacts(request: Request, workflow_id: int) -> list[dict[str, Any]]:
 @router.get("/workflows/{workflow_id}/artifacts/download", tags=["artifacts"],
             response_class=Response,
             responses={200: {"content": {"application/octet-stream": {},
-                                         "application/gzip": {}}}})
+                                         "application/gzip": {}}}, **errors(502)})
 async def download_artifact(request: Request, workflow_id: WorkflowId,
                             path: Annotated[str, Query(min_length=1, max_length=4096)]
                             ) -> Response:
@@ -189,7 +190,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"])
+@router.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
 async def readyz(request: Request) -> JSONResponse:
     """The store is open and each cluster in use is reachable (or why not); 503 otherwise."""
     report = await run_in_threadpool(context(request).readiness)
