@@ -90,6 +90,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE attempts ADD COLUMN elapsed_s REAL;
     ALTER TABLE attempts ADD COLUMN cpu_s REAL;
     """,
+    # 5: durable webhooks: a delivery that gave up is a dead letter ('failed' becomes 'dead');
+    #    when it was queued (its max age counts from there; a redelivery queues it again),
+    #    last tried and given up, which dead delivery held it back (it was behind it in its
+    #    workflow's order to that URL); the random source of this state dir's event ids
+    """
+    UPDATE deliveries SET state='dead' WHERE state='failed';
+    ALTER TABLE deliveries ADD COLUMN queued_at TEXT;
+    ALTER TABLE deliveries ADD COLUMN last_try_at TEXT;
+    ALTER TABLE deliveries ADD COLUMN dead_at TEXT;
+    ALTER TABLE deliveries ADD COLUMN held_by INTEGER;
+    UPDATE deliveries SET queued_at=(SELECT created_at FROM events WHERE events.id=event_id);
+    INSERT OR IGNORE INTO meta(key, value) VALUES ('event_source', lower(hex(randomblob(8))));
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")
@@ -378,8 +391,9 @@ class Store:
             (wf_id, type_, json.dumps(payload), iso(at)),
         )
         db.executemany(
-            "INSERT INTO deliveries(event_id, workflow_id, url, next_try_at) VALUES (?,?,?,?)",
-            [(cur.lastrowid, wf_id, url, iso(at)) for url in urls],
+            "INSERT INTO deliveries(event_id, workflow_id, url, next_try_at, queued_at)"
+            " VALUES (?,?,?,?,?)",
+            [(cur.lastrowid, wf_id, url, iso(at), iso(at)) for url in urls],
         )
 
     def pending_deliveries(self, wf_id: int | None = None) -> int:
