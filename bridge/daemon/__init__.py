@@ -104,6 +104,9 @@ def bind(cfg: DaemonConfig) -> Bound:
                                             reuse_port=False)
             except OSError as exc:
                 raise ServeError(f"cannot listen on {lst.url}: {exc.strerror or exc}") from None
+            # asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP; without
+            # it every reply (headers, then body) waits ~40 ms for the client's delayed ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
             port = sock.getsockname()[1]
             host = f"[{lst.host}]" if ":" in lst.host else lst.host
