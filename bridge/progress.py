@@ -290,7 +290,9 @@ def workflow_json(store: Store, wf: WorkflowRow, read: LogReader | None) -> dict
                           "reason": t.reason, "jobdir": t.jobdir,
                           "submitted_at": _iso(t.submitted_at),
                           "started_at": _iso(t.started_at),
-                          "finished_at": _iso(t.finished_at)}
+                          "finished_at": _iso(t.finished_at),
+                          "max_rss_kb": t.max_rss_kb, "elapsed_s": t.elapsed_s,
+                          "cpu_s": t.cpu_s}
                          for t in store.attempts(a.id)],
             "stderr_tail": fails[a.name].stderr_tail if a.name in fails else None,
         })

@@ -180,6 +180,12 @@ class AttemptRow:
     finished_at: datetime | None
     cancel_requested: bool = False
     """The activity's cancellation was asked for (the job is to be scancelled/killed)."""
+    max_rss_kb: int | None = None
+    """Peak resident memory of the job in KiB (sacct's MaxRSS, a local job's rusage)."""
+    elapsed_s: float | None = None
+    """Wall-clock seconds the job ran."""
+    cpu_s: float | None = None
+    """CPU seconds (user + system) the job used."""
 
 
 class Store:
@@ -448,5 +454,6 @@ def _attempt(r: sqlite3.Row) -> AttemptRow:
         job_id=r["job_id"], state=ActivityState(r["state"]), exit_code=r["exit_code"],
         reason=r["reason"], submitted_at=parse_iso(r["submitted_at"]),
         started_at=parse_iso(r["started_at"]), finished_at=parse_iso(r["finished_at"]),
-        cancel_requested=bool(r["cancel_requested"]),
+        cancel_requested=bool(r["cancel_requested"]), max_rss_kb=r["max_rss_kb"],
+        elapsed_s=r["elapsed_s"], cpu_s=r["cpu_s"],
     )

@@ -2,7 +2,8 @@
 
 A round, in order: prepare the workflows that start (stage in, images) → look up the
 submissions whose fate is unknown → cancel what was asked to stop → poll the live jobs and
-record what changed → submit the new attempts → bring back the volumes of finished workflows.
+record what changed (and the resource use that accounting reports late for jobs that already
+ended) → submit the new attempts → bring back the volumes of finished workflows.
 
 Each worker runs its rounds on its own thread with its own store connection, so a cluster
 that hangs or cannot be reached delays only its own workflows. Every change is one committed
@@ -27,7 +28,12 @@ import structlog
 
 from bridge.jobs import render_step
 from bridge.phases.prepare import prepare, stage_out
-from bridge.phases.record import record_never_submitted, record_observation, record_submitted
+from bridge.phases.record import (
+    record_never_submitted,
+    record_observation,
+    record_submitted,
+    record_usage,
+)
 from bridge.store import AttemptRow, Store
 from runtimes import JobRequest, JobState, Runtime, TrackedJob
 from runtimes.config import ClusterConfig
@@ -42,6 +48,9 @@ AMBIGUOUS_SETTLE_S = 5.0
 """After an ambiguous sbatch, wait this long before a lookup may conclude "not submitted"."""
 AMBIGUOUS_TRIES = 5
 """Ambiguous sbatch answers in a row after which an attempt is FAILED."""
+USAGE_WAIT_S = 600.0
+"""How long an ended attempt waits for its resource use from accounting before it is given
+up on (it then keeps what was known at its end, e.g. its wall time)."""
 
 
 @dataclass
@@ -71,6 +80,14 @@ class ClusterWorker:
         self._ambiguous: dict[int, tuple[float, int, str]] = {}
         """Attempt id → (when sbatch answered ambiguously, how many times in a row, error)."""
         self._cancel_sent: set[str] = set()
+        self._awaiting_usage: dict[int, tuple[AttemptRow, float]] = {}
+        """Attempt id → (the ended attempt, since when) whose usage accounting owes."""
+
+    @property
+    def awaiting_usage(self) -> int:
+        """How many ended attempts still wait for their resource use from accounting (a
+        round collects them; none come once the rounds stop)."""
+        return len(self._awaiting_usage)
 
     def mark_absent(self, attempt_ids: set[int]) -> None:
         """Attempts the planner just created: nothing was sent for them yet."""
@@ -92,6 +109,7 @@ class ClusterWorker:
         live = self.store.live_attempts(order.wf_ids, self.name)
         changed |= self._cancel(runtime, live)
         changed |= self._poll(runtime, [a for a in live if a.job_id])
+        self._usage(runtime)
         if not order.hold:
             changed |= self._submit(runtime, order.wf_ids)
         for wf_id in sorted(order.stage_out):
@@ -162,11 +180,29 @@ class ClusterWorker:
             if status is None:
                 continue
             if status.state.value != a.state.value or status.state.terminal:
-                record_observation(self.store, a, status, self.clock())
+                recorded = record_observation(self.store, a, status, self.clock())
                 changed = True
                 if status.state.terminal:
                     self._cancel_sent.discard(str(a.job_id))
+                    if (recorded is not None and runtime.deferred_usage
+                            and not status.has_usage):
+                        self._awaiting_usage[a.id] = (a, time.monotonic())
         return changed
+
+    def _usage(self, runtime: Runtime) -> None:
+        """Store the resource use accounting now has for attempts that ended without it."""
+        if not self._awaiting_usage:
+            return
+        now = time.monotonic()
+        for aid, (_, since) in list(self._awaiting_usage.items()):
+            if now - since > USAGE_WAIT_S:
+                del self._awaiting_usage[aid]
+        waiting = [a for a, _ in self._awaiting_usage.values()]
+        got = runtime.usage([TrackedJob(a.token, a.jobdir, a.job_id) for a in waiting])
+        found = [(a, got[str(a.job_id)]) for a in waiting if str(a.job_id) in got]
+        record_usage(self.store, found)
+        for a, _ in found:
+            self._awaiting_usage.pop(a.id, None)
 
     # -- submit -------------------------------------------------------------------------------
     def _submit(self, runtime: Runtime, wf_ids: set[int]) -> bool:

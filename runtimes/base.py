@@ -74,6 +74,17 @@ class JobStatus:
     reason: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    max_rss_kb: int | None = None
+    """Peak resident memory in KiB (the largest of the job's steps or processes)."""
+    elapsed_s: float | None = None
+    """Wall-clock seconds the job ran."""
+    cpu_s: float | None = None
+    """CPU seconds (user + system) the job's processes used."""
+
+    @property
+    def has_usage(self) -> bool:
+        """Whether the cluster reported memory or CPU use (elapsed time alone does not count)."""
+        return self.max_rss_kb is not None or self.cpu_s is not None
 
 
 class RuntimeFailure(Exception):
@@ -104,6 +115,15 @@ class Runtime(ABC):
     @abstractmethod
     def find(self, jobs: Sequence[TrackedJob]) -> dict[str, str]:
         """Job ids of jobs whose submission was unconfirmed, by token (crash reconciliation)."""
+
+    deferred_usage: bool = False
+    """Whether jobs reported ended without their resource use may get it later from
+    :meth:`usage` (accounting that lags behind the job's end)."""
+
+    def usage(self, jobs: Sequence[TrackedJob]) -> dict[str, JobStatus]:
+        """Final statuses with resource use of ended jobs, by job id, as far as the cluster
+        knows them yet (a job absent from the reply: not known, ask again later)."""
+        return {}
 
     @abstractmethod
     def cancel(self, job_ids: Sequence[str]) -> None:

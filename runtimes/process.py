@@ -8,6 +8,10 @@ SIGTERM, :data:`KILL_WAIT_S` later SIGKILL, and the job ends TIMEOUT (checked at
 only while a bridge follows the job). Memory and CPU limits are not enforced;
 ``max_running`` caps how many jobs run at once (the runner asks).
 
+A job's resource use is its process's ``wait4`` rusage (CPU time and peak RSS of the job and
+the descendants it waited for), taken when this runtime reaps its own child; a job adopted
+after a restart is not our child, so it only gets its wall time (from its marker).
+
 Exactly once, whatever instant the bridge dies at:
 
 - Before the process is forked, the bridge takes an exclusive ``flock`` on
@@ -64,6 +68,9 @@ class ProcessRuntime(Runtime):
         self.calls: Counter[str] = Counter()
         self.transport: LocalTransport = LocalTransport()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._rusage: dict[str, tuple[int, float]] = {}
+        """Job id → (peak RSS in KiB — Linux's ``ru_maxrss`` unit —, CPU seconds) of a
+        reaped child."""
         self._started: dict[str, datetime] = {}
         self._cancelled: set[str] = set()
         self._limits: dict[str, int | None] = {}
@@ -119,21 +126,22 @@ class ProcessRuntime(Runtime):
             self._limits.pop(job_id, None)
             proc = self._children.pop(job_id, None)
             if proc is not None:
-                proc.poll()  # reap it
+                self._reap(job_id, proc)
+            rss, cpu = self._rusage.pop(job_id, (None, None))
             if marker is None:
                 code = proc.returncode if proc else None
+                started = self._started.get(job_id)
+                reason: str | None
                 if timed_out and job_id not in self._cancelled:  # SIGKILLed at the limit
-                    out[job_id] = JobStatus(JobState.TIMEOUT,
-                                            128 - code if code is not None and code < 0 else code,
-                                            "time limit reached", self._started.get(job_id))
+                    state, reason = JobState.TIMEOUT, "time limit reached"
+                    code = 128 - code if code is not None and code < 0 else code
                 elif code is not None and code < 0 or job_id in self._cancelled:
                     sig = -code if code is not None and code < 0 else signal.SIGTERM
-                    out[job_id] = JobStatus(JobState.CANCELLED, 128 + sig, f"signal {sig}",
-                                            self._started.get(job_id))
+                    state, code, reason = JobState.CANCELLED, 128 + sig, f"signal {sig}"
                 else:
-                    out[job_id] = JobStatus(JobState.FAILED, code,
-                                            "process ended without writing its exit code",
-                                            self._started.get(job_id))
+                    state, reason = JobState.FAILED, "process ended without writing its exit code"
+                out[job_id] = JobStatus(state, code, reason, started, max_rss_kb=rss,
+                                        elapsed_s=_since(started), cpu_s=cpu)
                 continue
             state = JobState.COMPLETED if marker.exit_code == 0 else JobState.FAILED
             reason = None
@@ -141,8 +149,25 @@ class ProcessRuntime(Runtime):
                 state = JobState.CANCELLED
             elif timed_out and marker.exit_code != 0:
                 state, reason = JobState.TIMEOUT, "time limit reached"
-            out[job_id] = JobStatus(state, marker.exit_code, reason, marker.start, marker.end)
+            elapsed = (marker.end - marker.start).total_seconds() \
+                if marker.start and marker.end else None
+            out[job_id] = JobStatus(state, marker.exit_code, reason, marker.start, marker.end,
+                                    max_rss_kb=rss, elapsed_s=elapsed, cpu_s=cpu)
         return out
+
+    def _reap(self, job_id: str, proc: subprocess.Popen[bytes]) -> bool:
+        """Reap our child if it has exited (keeping its rusage); whether it has."""
+        if proc.returncode is not None:
+            return True
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: no rusage
+            return proc.poll() is not None
+        if pid == 0:
+            return False
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        self._rusage[job_id] = (usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+        return True
 
     def _enforce_time_limit(self, job: TrackedJob) -> None:
         """SIGTERM a live job past its ``--time``, SIGKILL it :data:`KILL_WAIT_S` later."""
@@ -179,8 +204,9 @@ class ProcessRuntime(Runtime):
 
     def _alive(self, job: TrackedJob) -> bool:
         """Whether the job (or anything it started) still holds its lock."""
-        proc = self._children.get(str(job.job_id))
-        if proc is not None and proc.poll() is None:
+        job_id = str(job.job_id)
+        proc = self._children.get(job_id)
+        if proc is not None and not self._reap(job_id, proc):
             return True
         return _locked(f"{job.jobdir}/{LOCK_FILE}")
 
@@ -229,6 +255,10 @@ def slurm_time_s(text: str) -> int | None:
         h, m, sec = 0, n[0], n[1] if len(n) == 2 else 0
     total = ((int(days) * 24 + h) * 60 + m) * 60 + sec
     return total or None
+
+
+def _since(start: datetime | None) -> float | None:
+    return (datetime.now(UTC) - start).total_seconds() if start else None
 
 
 def _mtime(path: str) -> float | None:

@@ -91,8 +91,79 @@ def test_unknown_state_word_is_ignored() -> None:
 
 
 def test_argv_are_single_calls_for_many_jobs() -> None:
-    assert cmd.sacct_argv(["1", "2", "3"])[:6] == ["sacct", "-X", "-n", "-P", "-j", "1,2,3"]
+    argv = cmd.sacct_argv(["1", "2", "3"])
+    assert argv[:5] == ["sacct", "-n", "-P", "-j", "1,2,3"]
+    assert "-X" not in argv  # MaxRSS is on the step lines
+    assert argv[-1].split(",")[-2:] == ["MaxRSS", "TotalCPU"]
     assert "--me" in cmd.squeue_argv() and "--states=all" in cmd.squeue_argv()
+
+
+# -- resource use (tests/data/sacct_usage*.txt, see sacct_usage.README.txt) ------------------
+
+
+def test_sacct_usage_final() -> None:
+    rows = cmd.parse_sacct(data("sacct_usage.txt"))
+    assert set(rows) == {"1818", "1819", "1820", "1821", "1822", "1823"}  # steps folded in
+    mem = rows["1818"]
+    assert mem.state is JobState.COMPLETED and mem.name == "akb-mem200"
+    assert (mem.max_rss_kb, mem.elapsed_s, mem.cpu_s) == (219624, 3.0, 0.35)
+    assert mem.steps_ended
+    steps = rows["1819"]  # batch 10900K, .0 115808K, .1 320612K: the largest step's
+    assert steps.max_rss_kb == 320612 and steps.elapsed_s == 4.0
+    assert steps.cpu_s == 0.708  # the allocation line's TotalCPU (the steps' sum)
+    assert rows["1820"].cpu_s == 1.673 and rows["1820"].max_rss_kb == 14876
+    failed = rows["1821"]
+    assert failed.state is JobState.FAILED and failed.exit_code == 3
+    assert failed.max_rss_kb == 66100 and failed.elapsed_s == 1.0
+    held = rows["1822"]  # cancelled while pending: no steps, empty MaxRSS
+    assert held.state is JobState.CANCELLED and held.start is None
+    assert (held.max_rss_kb, held.elapsed_s, held.cpu_s) == (None, 0.0, 0.0)
+    assert rows["1823"].elapsed_s == 8.0 and rows["1823"].cpu_s == 0.003
+
+
+def test_sacct_usage_live_is_not_settled() -> None:
+    """While jobs run, accounting shows their allocation as PENDING "allocation" lines and
+    steps still RUNNING with empty MaxRSS: not final usage."""
+    rows = cmd.parse_sacct(data("sacct_usage_live.txt"))
+    assert "1822" not in rows  # the pending job has no record yet
+    done = rows["1818"]
+    assert done.state is JobState.COMPLETED and done.steps_ended
+    assert done.max_rss_kb == 219624
+    steps = rows["1819"]
+    assert steps.state is JobState.QUEUED and not steps.steps_ended
+    assert steps.max_rss_kb == 115808  # so far: only step .0 has ended
+    assert rows["1823"].max_rss_kb is None and not rows["1823"].steps_ended
+    assert rows["1823"].cpu_s == 0.0
+
+
+def test_sacct_without_usage_fields_still_parses() -> None:
+    rows = cmd.parse_sacct(data("sacct_final.txt"))  # the older 8-field recording
+    assert rows["1414"].elapsed_s == 5.0
+    assert rows["1414"].max_rss_kb is None and rows["1414"].cpu_s is None
+
+
+def test_scontrol_run_time_is_the_elapsed_time() -> None:
+    done = cmd.parse_scontrol(data("scontrol_show_job_completed.txt"))["1358"]
+    assert done.elapsed_s == 0.0 and done.max_rss_kb is None
+
+
+@pytest.mark.parametrize(("text", "kib"), [
+    ("219624K", 219624), ("0", 0), ("512", 512), ("1.5M", 1536), ("300M", 307200),
+    ("2G", 2 * 1024**2), ("1.25T", round(1.25 * 1024**3)), ("16k", 16), ("  8K ", 8),
+    ("", None), ("K", None), ("12Q", None), ("-5K", None), ("n/a", None), ("16KB", None),
+])
+def test_mem_units(text: str, kib: int | None) -> None:
+    assert cmd.parse_mem_kb(text) == kib
+
+
+@pytest.mark.parametrize(("text", "secs"), [
+    ("00:00:03", 3.0), ("00:01.673", 1.673), ("59:59.999", 3599.999), ("12:34:56", 45296.0),
+    ("01:02:03.500", 3723.5), ("1-02:03:04", 93784.0), ("10-00:00:00", 864000.0),
+    ("", None), ("INVALID", None), ("UNLIMITED", None), ("5", None), ("1:2:3:4", None),
+    ("00:xx", None), ("x-01:00:00", None), ("00::01", None), ("00:nan", None), ("00:inf", None),
+])
+def test_durations(text: str, secs: float | None) -> None:
+    assert cmd.parse_duration(text) == secs
 
 
 def test_marker() -> None:

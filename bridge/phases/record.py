@@ -4,6 +4,7 @@ row claimed by a conditional UPDATE inside it (never decided on from an earlier 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 import structlog
@@ -30,19 +31,20 @@ def record_observation(store: Store, attempt: AttemptRow, status: JobStatus,
         act = store.activity(attempt.activity_id)
         if (status.state.terminal and act.cancel_requested
                 and status.state is not JobState.COMPLETED):
-            status = JobStatus(JobState.CANCELLED, status.exit_code,
-                               status.reason or "cancelled on request",
-                               status.started_at, status.finished_at)
+            status = replace(status, state=JobState.CANCELLED,
+                             reason=status.reason or "cancelled on request")
         final = status.state.terminal
         started = iso(status.started_at)
         fallback = iso(now) if status.state is not JobState.QUEUED else None
         finished = iso(status.finished_at or now) if final else None
+        used = (status.max_rss_kb, status.elapsed_s, status.cpu_s) if final else (None,) * 3
         cur = db.execute(
             "UPDATE attempts SET state=?, exit_code=?, reason=?, started_at=CASE WHEN ?"
-            " IS NOT NULL THEN ? ELSE coalesce(started_at, ?) END, finished_at=?"
-            f" WHERE id=? AND state IN {LIVE_STATES}",
+            " IS NOT NULL THEN ? ELSE coalesce(started_at, ?) END, finished_at=?,"
+            " max_rss_kb=coalesce(?, max_rss_kb), elapsed_s=coalesce(?, elapsed_s),"
+            f" cpu_s=coalesce(?, cpu_s) WHERE id=? AND state IN {LIVE_STATES}",
             (status.state.value, status.exit_code, status.reason, started, started, fallback,
-             finished, attempt.id),
+             finished, *used, attempt.id),
         )
         if cur.rowcount != 1 or act.attempt != attempt.number:
             return None
@@ -59,6 +61,25 @@ def record_observation(store: Store, attempt: AttemptRow, status: JobStatus,
     log.info("job state", token=attempt.token, job=attempt.job_id, state=status.state.value,
              exit_code=status.exit_code, activity=tr.state.value)
     return tr.state
+
+
+def record_usage(store: Store, found: Sequence[tuple[AttemptRow, JobStatus]]) -> int:
+    """Store the resource use that accounting reported after the attempts' end was recorded
+    (one transaction); how many attempts got some."""
+    if not found:
+        return 0
+    n = 0
+    with store.transaction() as db:
+        for a, status in found:
+            if not status.has_usage and status.elapsed_s is None:
+                continue
+            cur = db.execute(
+                "UPDATE attempts SET max_rss_kb=coalesce(?, max_rss_kb),"
+                " elapsed_s=coalesce(?, elapsed_s), cpu_s=coalesce(?, cpu_s)"
+                f" WHERE id=? AND job_id=? AND state NOT IN {LIVE_STATES}",
+                (status.max_rss_kb, status.elapsed_s, status.cpu_s, a.id, a.job_id))
+            n += cur.rowcount
+    return n
 
 
 def record_submitted(store: Store, submitted: Sequence[tuple[AttemptRow, str]],

@@ -4,6 +4,12 @@ Per poll: the jobs' exit-code markers are read in one batch (no controller RPC);
 called at most once, and only every ``poll_interval`` (sooner when a marker says a job failed
 and Slurm must say how); sacct at most once, for jobs that left the queue without a marker
 that tells their fate. Without accounting, ``scontrol show job`` replaces sacct.
+
+Resource use (MaxRSS, Elapsed, TotalCPU) comes from that same sacct call. Jobs that ended
+without one (a clean exit seen in its marker, an end seen in squeue) get theirs later through
+:meth:`SlurmRuntime.usage`: their ids ride along on the next sacct the poll makes anyway, or,
+when none comes, one sacct for all of them at most every :data:`USAGE_EVERY` poll intervals —
+never more than one sacct in a round, and none once nothing is waiting for its usage.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
 
 from runtimes.base import JobRequest, JobState, JobStatus, Runtime, Submitted, TrackedJob
 from runtimes.config import ClusterConfig
@@ -23,10 +31,16 @@ VANISHED_AFTER_S = 60.0
 """A job that neither squeue, sacct nor its marker knows for this long is declared lost."""
 FAILED_MARKER_RECHECK_S = 1.0
 """Earliest squeue after a marker reports a non-zero exit (Slurm names the cause)."""
+USAGE_EVERY = 3
+"""Poll intervals between two sacct calls made only for the usage of ended jobs."""
+USAGE_SETTLE_S = 2.0
+"""How long after a job ended before a sacct is made for its usage (accounting lags)."""
 
 
 class SlurmRuntime(Runtime):
     """Jobs on one Slurm cluster."""
+
+    deferred_usage = True
 
     def __init__(
         self, cluster: ClusterConfig, transport: Transport,
@@ -44,6 +58,10 @@ class SlurmRuntime(Runtime):
         )
         self._unknown_since: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._last_sacct = float("-inf")
+        self._usage_wanted: dict[str, float] = {}
+        """Ended job id → when its usage was first asked for."""
+        self._usage_found: dict[str, JobStatus] = {}
 
     # -- commands ---------------------------------------------------------------------------
     def _run(self, argv: list[str], stdin: bytes | None = None) -> Completed:
@@ -93,15 +111,45 @@ class SlurmRuntime(Runtime):
         return self._queue
 
     def _sacct(self, job_ids: Sequence[str]) -> dict[str, cmd.AcctRow]:
+        """One sacct for these jobs and for the ended ones whose usage is awaited."""
         if not job_ids or self._accounting is False:
             return {}
-        res = self._run(cmd.sacct_argv(job_ids))
+        asked = set(job_ids)
+        extra = [j for j in self._usage_wanted if j not in asked and j not in self._usage_found]
+        res = self._run(cmd.sacct_argv([*job_ids, *extra]))
+        self._last_sacct = self._clock()
         if not res.ok:
             if self._accounting is None and "disabled" in res.stderr.lower():
                 self._accounting = False
             return {}
         self._accounting = True
-        return cmd.parse_sacct(res.stdout)
+        rows = cmd.parse_sacct(res.stdout)
+        for job_id in self._usage_wanted:
+            rec = rows.get(job_id)
+            if rec is not None and rec.state.terminal and rec.steps_ended:
+                self._usage_found[job_id] = _final(rec)
+        return rows
+
+    def usage(self, jobs: Sequence[TrackedJob]) -> dict[str, JobStatus]:
+        """Usage of ended jobs from accounting (see the module doc for when sacct runs)."""
+        if self._accounting is False:
+            self._usage_wanted.clear()
+            self._usage_found.clear()
+            return {}
+        now = self._clock()
+        ids = [str(j.job_id) for j in jobs if j.job_id]
+        self._usage_wanted = {i: self._usage_wanted.get(i, now) for i in ids}
+        self._usage_found = {i: s for i, s in self._usage_found.items()
+                             if i in self._usage_wanted}
+        ripe = [i for i, since in self._usage_wanted.items()
+                if i not in self._usage_found and now - since >= USAGE_SETTLE_S]
+        every = USAGE_EVERY * self.cluster.slurm.poll_interval
+        if ripe and now - self._last_sacct >= every:
+            self._sacct(ripe)
+        out = {i: self._usage_found.pop(i) for i in ids if i in self._usage_found}
+        for job_id in out:
+            self._usage_wanted.pop(job_id, None)
+        return out
 
     def _scontrol(self) -> dict[str, cmd.AcctRow]:
         res = self._run(cmd.scontrol_argv())
@@ -126,7 +174,8 @@ class SlurmRuntime(Runtime):
         out: dict[str, JobStatus] = {}
         for job_id, m in markers.items():
             if m.exit_code == 0:  # the fast path: a clean exit needs no controller RPC
-                out[job_id] = JobStatus(JobState.COMPLETED, 0, None, m.start, m.end)
+                out[job_id] = JobStatus(JobState.COMPLETED, 0, None, m.start, m.end,
+                                        elapsed_s=_elapsed(m.start, m.end))
         pending = [j for j in live if j.job_id not in out]
         if not pending:
             return out
@@ -146,10 +195,10 @@ class SlurmRuntime(Runtime):
             if row is not None and (row.state is JobState.COMPLETED or marker is not None):
                 code = 0 if row.state is JobState.COMPLETED else (
                     marker.exit_code if marker else None)
-                out[job_id] = JobStatus(
-                    row.state, code, row.reason,
-                    marker.start if marker else row.start, marker.end if marker else row.end,
-                )
+                start = marker.start if marker else row.start
+                end = marker.end if marker else row.end
+                out[job_id] = JobStatus(row.state, code, row.reason, start, end,
+                                        elapsed_s=_elapsed(start, end))
                 continue
             need_acct.append(job_id)
         if need_acct and refresh:
@@ -168,20 +217,18 @@ class SlurmRuntime(Runtime):
         for job_id in job_ids:
             rec, marker, row = records.get(job_id), markers.get(job_id), queue.get(job_id)
             if rec is not None and rec.state.terminal:
-                code = rec.exit_code
-                if rec.state is not JobState.COMPLETED and not code and marker:
-                    code = marker.exit_code  # sacct -X says 0:0 for a cancelled job
-                out[job_id] = JobStatus(
-                    rec.state, code, rec.reason if rec.state is not JobState.COMPLETED else None,
-                    marker.start if marker else rec.start, marker.end if marker else rec.end,
-                )
+                out[job_id] = _final(rec, marker)
+                if not rec.steps_ended:  # usage incomplete: asked for again later
+                    out[job_id] = replace(out[job_id], max_rss_kb=None, cpu_s=None)
             elif row is not None:  # terminal in squeue, no marker, no record (yet)
-                out[job_id] = JobStatus(row.state, None, row.reason, row.start, row.end)
+                out[job_id] = JobStatus(row.state, None, row.reason, row.start, row.end,
+                                        elapsed_s=_elapsed(row.start, row.end))
             elif rec is not None:
                 out[job_id] = JobStatus(rec.state, None, rec.reason, rec.start)
             elif marker is not None and self._accounting is False:
                 state = JobState.COMPLETED if marker.exit_code == 0 else JobState.FAILED
-                out[job_id] = JobStatus(state, marker.exit_code, None, marker.start, marker.end)
+                out[job_id] = JobStatus(state, marker.exit_code, None, marker.start, marker.end,
+                                        elapsed_s=_elapsed(marker.start, marker.end))
             else:
                 since = self._unknown_since.setdefault(job_id, now)
                 if now - since >= VANISHED_AFTER_S:
@@ -210,6 +257,25 @@ class SlurmRuntime(Runtime):
             if marker and marker.job_id and marker.belongs_to(unknown[path]):
                 found[unknown[path]] = marker.job_id
         return found
+
+
+def _elapsed(start: datetime | None, end: datetime | None) -> float | None:
+    return max(0.0, (end - start).total_seconds()) if start and end else None
+
+
+def _final(rec: cmd.AcctRow, marker: Marker | None = None) -> JobStatus:
+    """The status of a job that accounting (or scontrol) shows ended, with its usage."""
+    code = rec.exit_code
+    if rec.state is not JobState.COMPLETED and not code and marker:
+        code = marker.exit_code  # sacct's allocation line says 0:0 for a cancelled job
+    start = marker.start if marker else rec.start
+    end = marker.end if marker else rec.end
+    return JobStatus(
+        rec.state, code, rec.reason if rec.state is not JobState.COMPLETED else None,
+        start, end, max_rss_kb=rec.max_rss_kb,
+        elapsed_s=rec.elapsed_s if rec.elapsed_s is not None else _elapsed(start, end),
+        cpu_s=rec.cpu_s,
+    )
 
 
 AMBIGUOUS_RC = frozenset({124, 137, 143, 255})

@@ -143,6 +143,9 @@ cat >"$out/README.txt" <<EOF
 #                                        same once purged after MinJobAge)
 #   sbatch_invalid_partition.stderr.txt / .exitcode.txt
 #                                        sbatch --parsable -p no_such_partition --wrap true
+#
+# sacct_usage*.txt (resource use, step lines included): see sacct_usage.README.txt, recorded by
+# tests/cluster/record_usage_data.sh.
 EOF
 echo "recorded into $out:"
 ls -l "$out"
