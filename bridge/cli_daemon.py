@@ -48,7 +48,7 @@ class ApiLogReader:
 def follow_daemon(store: Store, client: Client, wf_ids: list[int], webhook_wait: float) -> int:
     """``follow`` for workflows a daemon drives: the same live view, final tables and exit
     code; Ctrl-C stops following, not the workflows."""
-    from bridge.cli import err, out, print_finals, say
+    from bridge.cli import err, print_finals, say
 
     view = LiveView(store, wf_ids)
 
@@ -83,7 +83,6 @@ def follow_daemon(store: Store, client: Client, wf_ids: list[int], webhook_wait:
     if left:
         say("[yellow]warning:[/yellow]",
             f"{left} webhook deliveries still pending; the daemon delivers them")
-    del out
     return print_finals(store, wf_ids, finals)
 
 

@@ -327,3 +327,26 @@ def _token_of(daemon: Daemon, job_id: str) -> str:
     finally:
         db.close()
     return str(token)
+
+
+def test_the_daemon_takes_spool_files_dropped_at_any_time(tmp_path: Path) -> None:
+    clusters = tmp_path / "clusters"
+    clusters.mkdir()
+    spool = tmp_path / "spool"
+    daemon = Daemon(tmp_path, loopback_config(spool={"dir": str(spool), "interval": 0.2}),
+                    clusters).start()
+    try:
+        hello = (REPO / "examples" / "hello.yaml").read_text()
+        for name in ("first", "second"):  # the second well after the first scan
+            time.sleep(1.5)
+            tmp = spool / "incoming" / f".{name}.yaml.tmp"
+            tmp.write_text(hello)
+            tmp.rename(spool / "incoming" / f"{name}.yaml")
+        deadline = time.monotonic() + 20
+        while len(list((spool / "accepted").iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(p.name for p in (spool / "accepted").iterdir()) == [
+            "1-first.yaml", "2-second.yaml"]
+        assert httpx.get(f"{daemon.url}/workflows").json()["total"] == 2
+    finally:
+        assert daemon.stop() == 0

@@ -20,6 +20,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -290,7 +291,6 @@ class Daemon:
             delivery.stop(timeout=2)
             self.bridge.close()
             collector.unregister()
-            feed.store.close() if feed.store is not self.store else None
             for s in bound.sockets:
                 with contextlib.suppress(OSError):
                     s.close()
@@ -321,8 +321,7 @@ class Daemon:
                 raise ServeError(f"spool.dir: {exc}") from None
             self._spool = spool
             scheduler.add_job(spool.scan_once, "interval", seconds=self.cfg.spool.interval,
-                              id="spool", next_run_time=None)
-            scheduler.add_job(spool.scan_once, id="spool-first")
+                              id="spool", next_run_time=datetime.now(UTC))
         return scheduler
 
     def _loop(self, api: ApiThread, feed: ChangeFeed, ctx: ApiContext, notifier: Any,
