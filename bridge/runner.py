@@ -35,6 +35,8 @@ from runtimes.transport import TransportError, TransportRefused
 
 log = structlog.get_logger("akobridge.runner")
 
+USAGE_TAIL_S = 6.0
+"""How long a run whose workflows ended waits for the last jobs' resource use (sacct)."""
 ROUND_WAIT_S = 1.0
 """How long a cycle waits for the clusters' rounds before it plans again (a slow cluster's
 round goes on in the background; it is not started twice)."""
@@ -277,10 +279,30 @@ class Bridge:
             if on_cycle:
                 on_cycle()
             if not self.store.active_ids(wanted):
+                self._await_usage(USAGE_TAIL_S)
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("workflows still running after the timeout")
             time.sleep(0.01 if changed else idle_s or self.idle_s())
+
+    def _await_usage(self, wait_s: float) -> None:
+        """The resource use of the last jobs, which accounting reports a moment after their
+        end (a daemon gets it in its next rounds; a run that ends waits up to ``wait_s``)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            self._collect()
+            idle = [lane for lane in self._lanes.values()
+                    if not lane.busy and lane.worker.awaiting_usage]
+            if not idle:
+                return
+            for lane in idle:
+                try:
+                    lane.worker.closing_usage()
+                except TransportError as exc:  # it stays unknown; the run's result stands
+                    log.info("no usage from the cluster", cluster=lane.worker.name,
+                             error=str(exc))
+                    return
+            time.sleep(0.25)
 
     def idle_s(self) -> float:
         """Pause between quiet cycles: the shortest ``marker_interval`` of the clusters in use

@@ -141,12 +141,16 @@ class Service:
         if runtime:
             wf = wf.model_copy(update={"runtime": runtime})
         self.check_policy(wf)
+        if intake_key is not None:
+            known = self.store.workflow_by_intake_key(intake_key)
+            if known is not None:  # a retried request, a spool file seen before a crash
+                return known, wf
         try:
             wf_id = self.bridge.submit(wf, intake_key, store=self.store)
         except SubmissionError as exc:
             raise ServiceError(422, "the workflow cannot run here",
                                [problem("spec.runtime", str(exc))]) from None
-        metrics.WORKFLOWS_ACCEPTED.labels(intake).inc()
+        metrics.WORKFLOWS_ACCEPTED.labels(intake).inc()  # new ones only (a race adds one)
         self.wake()
         return wf_id, wf
 

@@ -346,7 +346,6 @@ class SpoolIntake:
             return Outcome(name, "accepted", wf_id)
         target = self._free("accepted", f"{wf_id}-{name}", room=0)
         self._move(name, "accepted", target)
-        WORKFLOWS_ACCEPTED.labels("spool").inc()
         log.info("spool file accepted", file=name, workflow=wf_id, moved_to=f"accepted/{target}")
         return Outcome(name, "accepted", wf_id, path=self.accepted / target)
 
@@ -446,7 +445,9 @@ def bridge_submitter(bridge: Bridge,
             log.info("spool file warning", file=name, warning=str(warning))
         if check is not None:
             check(parsed.workflow)
-        return bridge.submit(parsed.workflow, intake_key=key)
+        wf_id = bridge.submit(parsed.workflow, intake_key=key)
+        WORKFLOWS_ACCEPTED.labels("spool").inc()
+        return wf_id
 
     return submit
 

@@ -189,7 +189,11 @@ class ClusterWorker:
                         self._awaiting_usage[a.id] = (a, time.monotonic())
         return changed
 
-    def _usage(self, runtime: Runtime) -> None:
+    def closing_usage(self) -> None:
+        """Between rounds, when the run is ending: ask for the awaited usage now."""
+        self._usage(self._runtime(self.name), closing=True)
+
+    def _usage(self, runtime: Runtime, closing: bool = False) -> None:
         """Store the resource use accounting now has for attempts that ended without it."""
         if not self._awaiting_usage:
             return
@@ -198,7 +202,8 @@ class ClusterWorker:
             if now - since > USAGE_WAIT_S:
                 del self._awaiting_usage[aid]
         waiting = [a for a, _ in self._awaiting_usage.values()]
-        got = runtime.usage([TrackedJob(a.token, a.jobdir, a.job_id) for a in waiting])
+        got = runtime.usage([TrackedJob(a.token, a.jobdir, a.job_id) for a in waiting],
+                            closing=closing)
         found = [(a, got[str(a.job_id)]) for a in waiting if str(a.job_id) in got]
         record_usage(self.store, found)
         for a, _ in found:

@@ -120,9 +120,11 @@ class Runtime(ABC):
     """Whether jobs reported ended without their resource use may get it later from
     :meth:`usage` (accounting that lags behind the job's end)."""
 
-    def usage(self, jobs: Sequence[TrackedJob]) -> dict[str, JobStatus]:
+    def usage(self, jobs: Sequence[TrackedJob], *, closing: bool = False) -> dict[str, JobStatus]:
         """Final statuses with resource use of ended jobs, by job id, as far as the cluster
-        knows them yet (a job absent from the reply: not known, ask again later)."""
+        knows them yet (a job absent from the reply: not known, ask again later).
+        ``closing``: the caller is about to stop (a CLI run whose workflows ended) and asks
+        for the last ones now rather than at the steady-state rate."""
         return {}
 
     @abstractmethod

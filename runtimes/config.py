@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -289,25 +289,38 @@ class ClusterConfigError(ValueError):
     """A cluster config file is wrong; the message names the file, field and problem."""
 
 
-def load_cluster(path: Path) -> ClusterConfig:
-    """Read and validate one cluster config file."""
+def read_mapping(path: Path, error: type[Exception], what: str,
+                 allow_empty: bool = False) -> dict[str, Any]:
+    """A YAML config file's top-level mapping (an empty file is ``{}`` if ``allow_empty``);
+    ``error`` names the file and the problem; ``what``: the keys it should hold."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ClusterConfigError(f"{path}: cannot read: {exc}") from None
+        raise error(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ClusterConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if data is None and allow_empty:
+        data = {}
     if not isinstance(data, dict):
-        raise ClusterConfigError(f"{path}: must be a mapping with at least 'name'")
+        raise error(f"{path}: must be a mapping {what}")
+    return data
+
+
+def validation_message(exc: ValidationError, where: object) -> str:
+    """One ``where: field.path: message`` line per problem pydantic found."""
+    return "\n".join(
+        f"{where}: {'.'.join(str(p) for p in err['loc']) or '<top>'}: "
+        f"{err['msg'].removeprefix('Value error, ')}" for err in exc.errors())
+
+
+def load_cluster(path: Path) -> ClusterConfig:
+    """Read and validate one cluster config file."""
+    data = read_mapping(path, ClusterConfigError, "with at least 'name'")
     data.setdefault("name", path.stem)
     try:
         return ClusterConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{path}: {'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        raise ClusterConfigError("\n".join(lines)) from None
+        raise ClusterConfigError(validation_message(exc, path)) from None
 
 
 DAEMON_CONFIG_NAMES = frozenset({"bridge.yaml", "bridge.yml"})
@@ -361,4 +374,9 @@ class Clusters:
         return cfg
 
     def names(self) -> list[str]:
+        """Every name a workflow may use: the clusters' names and their aliases."""
         return sorted(self._by_name)
+
+    def configs(self) -> list[ClusterConfig]:
+        """Each cluster once (the built-in local one included), by name."""
+        return sorted({id(c): c for c in self._by_name.values()}.values(), key=lambda c: c.name)

@@ -348,5 +348,23 @@ def test_the_daemon_takes_spool_files_dropped_at_any_time(tmp_path: Path) -> Non
         assert sorted(p.name for p in (spool / "accepted").iterdir()) == [
             "1-first.yaml", "2-second.yaml"]
         assert httpx.get(f"{daemon.url}/workflows").json()["total"] == 2
+        metrics = httpx.get(f"{daemon.url}/metrics").text  # counted once each, not twice
+        assert 'akobridge_workflows_accepted_total{intake="spool"} 2.0' in metrics
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_readyz_reports_each_cluster_once_with_its_aliases(tmp_path: Path) -> None:
+    clusters = tmp_path / "clusters"
+    write_cluster(clusters, {"name": "lab", "aliases": ["dev", "slurm"], "kind": "process",
+                             "transport": "local", "workdir": str(tmp_path / "jobs"),
+                             "container": {"engine": "none"}})
+    daemon = Daemon(tmp_path, loopback_config(), clusters).start()
+    try:
+        report = httpx.get(f"{daemon.url}/readyz").json()
+        assert report["ready"] is True and report["store"] == "ok"
+        assert sorted(report["clusters"]) == ["lab", "local"]  # not "dev", "slurm"
+        assert report["clusters"]["lab"]["aliases"] == ["dev", "slurm"]
+        assert report["clusters"]["lab"]["reachable"] is None  # not used yet
     finally:
         assert daemon.stop() == 0

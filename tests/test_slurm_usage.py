@@ -4,6 +4,7 @@ and on the local process runtime."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from conftest import Harness
 from runtimes.base import JobState, TrackedJob
 from runtimes.config import LOCAL, ClusterConfig, ContainerSettings, SlurmSettings
 from runtimes.process import ProcessRuntime
+from runtimes.slurm import commands as slurm_commands
 from runtimes.slurm import runtime as slurm_runtime
 from runtimes.slurm.runtime import SlurmRuntime
 from runtimes.transport import Completed, LocalTransport
@@ -27,16 +29,18 @@ MIB = 1024
 class FakeSlurm(LocalTransport):
     """Real job directories; squeue prints nothing, sacct prints ``self.sacct``."""
 
-    def __init__(self, sacct: str = USAGE_FINAL) -> None:
+    def __init__(self, sacct: str = USAGE_FINAL, squeue: str = "") -> None:
         super().__init__()
         self.sacct = sacct
+        self.squeue = squeue
         self.ran: list[list[str]] = []
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float = 60.0) -> Completed:
         argv = list(argv)[2:]  # without `env TZ=UTC`
         self.ran.append(argv)
-        return Completed(tuple(argv), 0, self.sacct if argv[0] == "sacct" else "", "")
+        out = {"sacct": self.sacct, "squeue": self.squeue}.get(argv[0], "")
+        return Completed(tuple(argv), 0, out, "")
 
     def sacct_ids(self) -> list[list[str]]:
         return [a[a.index("-j") + 1].split(",") for a in self.ran if a[0] == "sacct"]
@@ -119,6 +123,31 @@ def test_waiting_usage_rides_on_the_sacct_the_poll_makes(tmp_path: Path) -> None
     assert len(transport.sacct_ids()) == 1  # one sacct for both
 
 
+def test_usage_and_squeue_share_one_controller_call_per_interval(tmp_path: Path) -> None:
+    """Steady state (DESIGN.md: one RPC per poll_interval): jobs running, others ending
+    cleanly and waiting for their usage; rounds every 0.25 s for 60 s."""
+    running = [job(tmp_path, f"20{i}", exit_code=None) for i in range(3)]
+    sep = slurm_commands.SEP
+    queue = "".join(f"{j.job_id}{sep}{j.token}{sep}RUNNING{sep}None{sep}"
+                    f"2026-12-03T10:00:00{sep}N/A\n" for j in running)
+    transport, clock = FakeSlurm(squeue=queue), Clock()
+    rt = fake_runtime(tmp_path, transport, clock)
+    ended: list[TrackedJob] = []
+    for tick in range(240):
+        if tick % 8 == 0:  # a job ends cleanly every 2 s
+            ended.append(job(tmp_path, str(1000 + tick)))
+        statuses = rt.poll([*running, *ended])
+        assert all(statuses[j.job_id].state is JobState.RUNNING for j in running
+                   if j.job_id in statuses)
+        got = rt.usage(ended)
+        ended = [j for j in ended if j.job_id not in got]
+        clock.now += 0.25
+    calls = [a[0] for a in transport.ran]
+    assert len(calls) <= 60 / 1.0 + 1  # poll_interval 1.0: at most one call per second
+    assert calls.count("squeue") >= 60 * 2 / 3 - 1  # usage takes at most every 3rd slot
+    assert calls.count("sacct") >= 60 / slurm_runtime.USAGE_EVERY - 2  # and usage is asked
+
+
 def test_no_accounting_no_usage_calls(tmp_path: Path) -> None:
     transport, clock = FakeSlurm(), Clock()
     rt = fake_runtime(tmp_path, transport, clock, accounting="none")
@@ -163,6 +192,22 @@ def test_slurm_attempt_records_sacct_usage(harness, devslurm: ClusterConfig) -> 
     assert after.elapsed_s is not None and after.elapsed_s >= 7
     runtime = h.bridge.runtimes["devslurm"]
     assert runtime.calls["sacct"] <= runtime.calls["squeue"]  # never more sacct than squeue
+
+
+@pytest.mark.slurm
+def test_a_run_waits_a_moment_for_its_last_jobs_usage(harness, devslurm: ClusterConfig) -> None:
+    """The last job ends through its marker; accounting has its MaxRSS a moment later: the
+    run collects it before it returns (it used to return without it)."""
+    h: Harness = harness(devslurm)
+    wf_id = h.submit(workflow(follow_s=None))
+    started = time.monotonic()
+    h.run(wf_id)
+    assert h.states(wf_id) == {"mem": "COMPLETED"}
+    mem = attempt_of(h, wf_id, "mem")
+    assert mem.max_rss_kb is not None and mem.max_rss_kb >= 150 * MIB, mem
+    assert mem.cpu_s is not None
+    runtime = h.bridge.runtimes["devslurm"]
+    assert runtime.calls["sacct"] <= 1 + (time.monotonic() - started)  # ≤ 1 a second
 
 
 def test_local_attempt_records_rusage(harness, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ script = ("#!/bin/bash\\n#SBATCH --job-name=akb-tz-1-1-1\\n"
 [sub] = rt.submit([JobRequest("akb-tz-1-1-1", jobdir, script)])
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline:
-    rt._last_squeue = float("-inf")
+    rt._last_slot = float("-inf")
     st = rt.poll([TrackedJob("akb-tz-1-1-1", jobdir, sub.job_id)])[sub.job_id]
     if st.started_at:
         break

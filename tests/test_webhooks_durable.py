@@ -447,7 +447,10 @@ def test_settings_from_mapping_name_the_field(tmp_path: Path) -> None:
         5, 7200, 0.5, 300, 30)
     assert s.policy.check("http://x.bad.example/") is not None
     defaults = WebhookSettings.from_mapping(None)
-    assert (defaults.attempts, defaults.max_age_s, defaults.secret) == (12, 86400, None)
+    assert (defaults.attempts, defaults.max_age_s, defaults.secret) == (50, 86400, None)
+    mean_span = sum(0.75 * min(defaults.max_delay_s, defaults.first_delay_s * 2 ** max(0, t - 1))
+                    for t in range(1, defaults.attempts))
+    assert mean_span > defaults.max_age_s  # the default max_age is reachable, not dead config
     secret = tmp_path / "secret"
     secret.write_text("  k3y  \nignored\n")
     secret.chmod(0o600)

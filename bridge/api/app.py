@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -134,6 +134,53 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
+class Guard:
+    """Bearer tokens where the listener needs them, and the request counter by route and
+    status (plain ASGI: FastAPI's ``@app.middleware`` costs a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
+        self.app, self.ctx = app, ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # unless a reply starts: an exception leaves through here
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope)
+            await (refusal or self.app)(scope, receive, sending)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            metrics.API_REQUESTS.labels(scope["method"], path, str(status)).inc()
+
+    def _refusal(self, scope: Scope) -> JSONResponse | None:
+        """The 401 for a request that needs a token and has no good one."""
+        if scope["path"] in PUBLIC_PATHS or _is_unix(scope):
+            return None
+        server = scope.get("server") or ("", 0)
+        if server[1] in self.ctx.tokenless_ports:
+            return None
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", [])
+                      if k == b"authorization"), "")
+        scheme, _, token = given.partition(" ")
+        ok = scheme.lower() == "bearer" and bool(token) and any(
+            hmac.compare_digest(token.strip().encode(), t.encode()) for t in self.ctx.tokens)
+        if ok:
+            return None
+        why = "missing bearer token" if not given else "invalid token"
+        return error_response(401, f"unauthorised: {why}", [
+            {"field": "Authorization", "message": "send `Authorization: Bearer <token>` "
+             "with a token from the daemon's api.token_file"}],
+            headers={"WWW-Authenticate": "Bearer"})
+
+
 def _is_unix(scope: Scope) -> bool:
     server = scope.get("server")
     return server is None or not isinstance(server[1], int)
@@ -173,36 +220,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         log.exception("request failed", path=req.url.path)
         return error_response(500, "internal error (logged by the daemon)")
 
-    @app.middleware("http")
-    async def _auth_and_metrics(request: Request,
-                                call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        response = await _authorised(request, call_next)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.API_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
-    async def _authorised(request: Request,
-                          call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        if request.url.path in PUBLIC_PATHS or _is_unix(request.scope):
-            return await call_next(request)
-        server = request.scope.get("server") or ("", 0)
-        if server[1] in ctx.tokenless_ports:
-            return await call_next(request)
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        ok = scheme.lower() == "bearer" and bool(token) and any(
-            hmac.compare_digest(token.strip().encode(), t.encode()) for t in ctx.tokens)
-        if not ok:
-            why = "missing bearer token" if not given else "invalid token"
-            return error_response(401, f"unauthorised: {why}", [
-                {"field": "Authorization", "message": "send `Authorization: Bearer <token>` "
-                 "with a token from the daemon's api.token_file"}],
-                headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
-
     app.include_router(akoflow.router, responses=COMMON_ERRORS)
     app.include_router(monitoring.router, responses=COMMON_ERRORS)
+    app.add_middleware(Guard, ctx=ctx)
     app.add_middleware(BodyLimit, limit=ctx.max_body)
     return app
 

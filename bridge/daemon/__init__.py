@@ -215,15 +215,19 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             report.update(ready=False, store=f"error: {exc}")
         bridge = self.bridge
-        for name in bridge.clusters.names():
+        for cfg in bridge.clusters.configs():  # each once; its aliases listed with it
+            name = cfg.name
+            entry: dict[str, Any]
             if name in bridge.unreachable:
-                report["clusters"][name] = {"reachable": False,
-                                            "reason": bridge.unreachable[name]}
+                entry = {"reachable": False, "reason": bridge.unreachable[name]}
                 report["ready"] = False
             elif name in bridge.runtimes:
-                report["clusters"][name] = {"reachable": True}
+                entry = {"reachable": True}
             else:
-                report["clusters"][name] = {"reachable": None, "reason": "not used yet"}
+                entry = {"reachable": None, "reason": "not used yet"}
+            if cfg.aliases:
+                entry["aliases"] = list(cfg.aliases)
+            report["clusters"][name] = entry
         stalled = time.monotonic() - self._last_cycle
         if stalled > API_STALL_S * 3:
             report.update(ready=False, loop=f"no cycle for {stalled:.0f} s")

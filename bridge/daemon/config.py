@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bridge.notify.webhooks import MAX_ATTEMPTS, WebhookSettings
 from bridge.spec.quantities import parse_duration_s
+from runtimes.config import read_mapping, validation_message
 
 MiB = 1024 * 1024
 
@@ -141,11 +142,11 @@ class ApiSettings(_Strict):
 class WebhookDefaults(_Strict):
     secret_file: Path | None = None
     """HMAC-SHA256 signing secret (first line of the file); unsigned without it."""
-    attempts: int = Field(default=12, ge=1, le=1000)
-    max_age: float = 86400.0
-    first_delay: float = 1.0
-    max_delay: float = 300.0
-    timeout: float = 10.0
+    attempts: int = Field(default=WebhookSettings.attempts, ge=1, le=MAX_ATTEMPTS)
+    max_age: float = WebhookSettings.max_age_s
+    first_delay: float = WebhookSettings.first_delay_s
+    max_delay: float = WebhookSettings.max_delay_s
+    timeout: float = WebhookSettings.timeout_s
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
 
@@ -205,16 +206,7 @@ class DaemonConfig(_Strict):
         if path is None:
             return []
         where = f"{self.source or 'config'}: api.token_file"
-        try:
-            st = path.stat()
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DaemonConfigError(f"{where}: cannot read {path}: {exc}") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise DaemonConfigError(
-                f"{where}: {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o});"
-                f" run `chmod 600 {path}`")
-        tokens = [line.strip() for line in text.splitlines()
+        tokens = [line.strip() for line in _private_text(path, where).splitlines()
                   if line.strip() and not line.strip().startswith("#")]
         if not tokens:
             raise DaemonConfigError(f"{where}: {path} holds no token (one per line)")
@@ -225,18 +217,12 @@ class DaemonConfig(_Strict):
         return tokens
 
     def webhook_secret(self) -> str | None:
+        """The signing secret: the first line of ``webhooks.secret_file`` (checked: 0600)."""
         path = self.webhooks.secret_file
         if path is None:
             return None
         where = f"{self.source or 'config'}: webhooks.secret_file"
-        try:
-            st = path.stat()
-            lines = path.read_text(encoding="utf-8").strip().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DaemonConfigError(f"{where}: cannot read {path}: {exc}") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise DaemonConfigError(f"{where}: {path} is readable by others; "
-                                    f"run `chmod 600 {path}`")
+        lines = _private_text(path, where).strip().splitlines()
         if not lines or not lines[0].strip():
             raise DaemonConfigError(f"{where}: {path} is empty")
         return lines[0].strip()
@@ -274,6 +260,20 @@ class DaemonConfig(_Strict):
         return warnings
 
 
+def _private_text(path: Path, where: str) -> str:
+    """A secrets file's text, refused when the group or others may read it."""
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DaemonConfigError(f"{where}: cannot read {path}: {exc}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise DaemonConfigError(
+            f"{where}: {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o});"
+            f" run `chmod 600 {path}`")
+    return text
+
+
 def _resolve(base: Path, value: Any) -> Any:
     if isinstance(value, str) and value:
         p = Path(os.path.expanduser(value))
@@ -283,16 +283,8 @@ def _resolve(base: Path, value: Any) -> Any:
 
 def load_daemon_config(path: Path) -> DaemonConfig:
     """Read and check ``bridge.yaml``; :class:`DaemonConfigError` names what is wrong."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DaemonConfigError(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise DaemonConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise DaemonConfigError(f"{path}: must be a mapping (state_dir, api, webhooks, …)")
+    data = read_mapping(path, DaemonConfigError, "(state_dir, api, webhooks, …)",
+                        allow_empty=True)
     return config_from_mapping(data, path)
 
 
@@ -315,12 +307,7 @@ def config_from_mapping(data: dict[str, Any], path: Path | None = None) -> Daemo
     try:
         cfg = DaemonConfig.model_validate({**data, "source": path})
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "<top>"
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{path or 'config'}: {loc}: {msg}")
-        raise DaemonConfigError("\n".join(lines)) from None
+        raise DaemonConfigError(validation_message(exc, path or "config")) from None
     return cfg
 
 

@@ -62,12 +62,13 @@ class WebhookSettings:
 
     secret: str | None = field(default=None, repr=False)
     """HMAC-SHA256 signing secret; ``None``: deliveries are not signed (never in the repr)."""
-    attempts: int = 12
-    """Posts before a delivery is dead-lettered."""
+    attempts: int = 50
+    """Posts before a delivery is dead-lettered (the defaults' 50 posts spread over about 29 h
+    on average, so a receiver down for a day is given up by ``max_age``, not by the count)."""
     max_age_s: float = 86400.0
     """A delivery queued longer ago than this is dead-lettered (not posted again)."""
     first_delay_s: float = 1.0
-    max_delay_s: float = 300.0
+    max_delay_s: float = 3600.0
     timeout_s: float = 10.0
     """Per phase of one post (connect, send, each read)."""
     policy: UrlPolicy = field(default_factory=UrlPolicy)

@@ -211,9 +211,9 @@ class PyslurmRuntime(SlurmRuntime):
         try:
             jobs = self.pyslurm.Jobs.load()
         except Exception:  # keep the last view, like a failed squeue
-            self._last_squeue = self._clock()
+            self._last_squeue = self._last_slot = self._clock()
             return self._queue
-        self._last_squeue = self._clock()
+        self._last_squeue = self._last_slot = self._clock()
         rows: dict[str, cmd.QueueRow] = {}
         for job in jobs.values():
             if job.user_id != self._uid:

@@ -10,6 +10,12 @@ without one (a clean exit seen in its marker, an end seen in squeue) get theirs 
 :meth:`SlurmRuntime.usage`: their ids ride along on the next sacct the poll makes anyway, or,
 when none comes, one sacct for all of them at most every :data:`USAGE_EVERY` poll intervals —
 never more than one sacct in a round, and none once nothing is waiting for its usage.
+
+The controller budget: the scheduled calls (squeue, and the sacct made only for usage) share
+one slot per ``poll_interval`` — a usage sacct takes the slot of a squeue, which then comes one
+interval later — so jobs that end cleanly cost the controller at most one call per interval
+(DESIGN.md: one RPC per 5 s at steady state). Only failures (a non-zero marker, a job gone
+without one) and the look-up after an unclear sbatch spend calls outside the slot.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ USAGE_EVERY = 3
 """Poll intervals between two sacct calls made only for the usage of ended jobs."""
 USAGE_SETTLE_S = 2.0
 """How long after a job ended before a sacct is made for its usage (accounting lags)."""
+CLOSING_EVERY_S = 1.0
+"""Seconds between two usage sacct calls while a run that is ending waits for the last ones."""
 
 
 class SlurmRuntime(Runtime):
@@ -52,6 +60,8 @@ class SlurmRuntime(Runtime):
         self.calls: Counter[str] = Counter()
         self._clock = clock
         self._last_squeue = float("-inf")
+        self._last_slot = float("-inf")
+        """When the last scheduled controller call (squeue or usage sacct) was made."""
         self._queue: dict[str, cmd.QueueRow] = {}
         self._accounting: bool | None = {"sacct": True, "none": False}.get(
             cluster.slurm.accounting
@@ -105,7 +115,7 @@ class SlurmRuntime(Runtime):
     # -- following --------------------------------------------------------------------------
     def _squeue(self) -> dict[str, cmd.QueueRow]:
         res = self._run(cmd.squeue_argv())
-        self._last_squeue = self._clock()
+        self._last_squeue = self._last_slot = self._clock()
         if res.ok:
             self._queue = cmd.parse_squeue(res.stdout)
         return self._queue
@@ -130,8 +140,9 @@ class SlurmRuntime(Runtime):
                 self._usage_found[job_id] = _final(rec)
         return rows
 
-    def usage(self, jobs: Sequence[TrackedJob]) -> dict[str, JobStatus]:
-        """Usage of ended jobs from accounting (see the module doc for when sacct runs)."""
+    def usage(self, jobs: Sequence[TrackedJob], *, closing: bool = False) -> dict[str, JobStatus]:
+        """Usage of ended jobs from accounting (see the module doc for when sacct runs;
+        ``closing``: at most one sacct per :data:`CLOSING_EVERY_S`, outside the slot)."""
         if self._accounting is False:
             self._usage_wanted.clear()
             self._usage_found.clear()
@@ -143,13 +154,25 @@ class SlurmRuntime(Runtime):
                              if i in self._usage_wanted}
         ripe = [i for i, since in self._usage_wanted.items()
                 if i not in self._usage_found and now - since >= USAGE_SETTLE_S]
-        every = USAGE_EVERY * self.cluster.slurm.poll_interval
-        if ripe and now - self._last_sacct >= every:
+        if ripe and closing and now - self._last_sacct >= CLOSING_EVERY_S:
             self._sacct(ripe)
+        elif ripe and self._usage_due(now):
+            self._sacct(ripe)
+            self._last_slot = now
         out = {i: self._usage_found.pop(i) for i in ids if i in self._usage_found}
         for job_id in out:
             self._usage_wanted.pop(job_id, None)
         return out
+
+    def _slot_free(self, now: float) -> bool:
+        return now - self._last_slot >= self.cluster.slurm.poll_interval
+
+    def _usage_due(self, now: float) -> bool:
+        """Whether a sacct only for usage may run now (it then takes this interval's slot)."""
+        every = USAGE_EVERY * self.cluster.slurm.poll_interval
+        ripe = any(i not in self._usage_found and now - since >= USAGE_SETTLE_S
+                   for i, since in self._usage_wanted.items())
+        return ripe and now - self._last_sacct >= every and self._slot_free(now)
 
     def _scontrol(self) -> dict[str, cmd.AcctRow]:
         res = self._run(cmd.scontrol_argv())
@@ -179,7 +202,7 @@ class SlurmRuntime(Runtime):
         pending = [j for j in live if j.job_id not in out]
         if not pending:
             return out
-        due = now - self._last_squeue >= self.cluster.slurm.poll_interval
+        due = self._slot_free(now) and not self._usage_due(now)  # usage first: see module doc
         failed_marker = any(j.job_id in markers for j in pending)
         refresh = due or (failed_marker and now - self._last_squeue >= FAILED_MARKER_RECHECK_S)
         queue = self._squeue() if refresh else self._queue
