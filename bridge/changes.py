@@ -3,6 +3,8 @@
 The owner of the state dir calls :meth:`ChangeFeed.poll` after each cycle that changed
 something; it compares the activities of the running (and just finished) workflows with what
 it saw last and returns one event per change. No extra table: the store stays the one truth.
+Only workflows whose revision moved (``workflows.rev``, bumped by any change to their
+activities or attempts) have their activities read again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class ChangeFeed:
         self._acts: dict[int, tuple[int, str, int, str | None]] = {}
         """activity id → (workflow id, state, attempt, job id) last seen."""
         self._wfs: dict[int, str] = {}
+        self._revs: dict[int, int] = {}
+        """workflow id → its revision when its activities were last read."""
         self._since: datetime = now_utc()
 
     def poll(self) -> list[dict[str, Any]]:
@@ -28,17 +32,19 @@ class ChangeFeed:
         db = self.store.db
         since = iso(self._since)
         wf_rows = db.execute(
-            "SELECT id, name, state FROM workflows WHERE state='RUNNING' OR finished_at>=?"
+            "SELECT id, name, state, rev FROM workflows WHERE state='RUNNING' OR finished_at>=?"
             " OR created_at>=?", (since, since)).fetchall()
         events: list[dict[str, Any]] = []
         ids = [int(r["id"]) for r in wf_rows]
+        moved = [int(r["id"]) for r in wf_rows if self._revs.get(r["id"]) != r["rev"]]
         for r in wf_rows:
+            self._revs[r["id"]] = r["rev"]
             if self._wfs.get(r["id"]) != r["state"]:
                 self._wfs[r["id"]] = r["state"]
                 events.append({"type": "workflow", "workflow_id": r["id"], "name": r["name"],
                                "state": r["state"]})
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+        for start in range(0, len(moved), 500):
+            chunk = moved[start:start + 500]
             marks = ",".join("?" * len(chunk))
             for a in db.execute(
                     "SELECT id, workflow_id, name, state, attempt, job_id, exit_code, reason"
@@ -55,6 +61,7 @@ class ChangeFeed:
         if gone:  # finished before the last poll: they can no longer change
             for i in gone:
                 del self._wfs[i]
+                self._revs.pop(i, None)
             self._acts = {k: v for k, v in self._acts.items() if v[0] not in gone}
         self._since = now
         return events

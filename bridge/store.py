@@ -105,6 +105,25 @@ MIGRATIONS: list[str] = [
     UPDATE deliveries SET queued_at=(SELECT created_at FROM events WHERE events.id=event_id);
     INSERT OR IGNORE INTO meta(key, value) VALUES ('event_source', lower(hex(randomblob(8))));
     """,
+    # 6: a workflow's revision, bumped by every change to its activities or attempts (from
+    #    any connection): the planner skips workflows whose revision did not move
+    """
+    ALTER TABLE workflows ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    CREATE TRIGGER activities_rev_insert AFTER INSERT ON activities BEGIN
+        UPDATE workflows SET rev = rev + 1 WHERE id = NEW.workflow_id;
+    END;
+    CREATE TRIGGER activities_rev_update AFTER UPDATE ON activities BEGIN
+        UPDATE workflows SET rev = rev + 1 WHERE id = NEW.workflow_id;
+    END;
+    CREATE TRIGGER attempts_rev_insert AFTER INSERT ON attempts BEGIN
+        UPDATE workflows SET rev = rev + 1
+        WHERE id = (SELECT workflow_id FROM activities WHERE id = NEW.activity_id);
+    END;
+    CREATE TRIGGER attempts_rev_update AFTER UPDATE ON attempts BEGIN
+        UPDATE workflows SET rev = rev + 1
+        WHERE id = (SELECT workflow_id FROM activities WHERE id = NEW.activity_id);
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")
@@ -204,6 +223,16 @@ def _write_lock(path: Path) -> threading.RLock:
         return lock
 
 
+@dataclass(frozen=True)
+class WorkflowHead:
+    """A RUNNING workflow's runtime, whether it was prepared, and its signature: it changes
+    whenever anything the planner reads about the workflow changes (its revision, phases)."""
+
+    runtime: str
+    signature: tuple[Any, ...]
+    prepared: bool
+
+
 class Store:
     """SQLite-backed state; one instance per thread (connections are not shared)."""
 
@@ -212,6 +241,7 @@ class Store:
         once — a cluster worker's rounds each run on a thread of their own)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._write = _write_lock(path)
         self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0,
                                   check_same_thread=not handed_over)
         self.db.row_factory = sqlite3.Row
@@ -235,9 +265,8 @@ class Store:
                     f"({SCHEMA_VERSION}); upgrade akobridge"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version={number + 1}")
 
     def _instance_id(self) -> str:
@@ -258,7 +287,7 @@ class Store:
         own busy wait sleeps in steps of up to 100 ms, which at 50 concurrent API requests
         made the slowest wait over a second; a queue on a lock wakes the next writer at once.
         """
-        with _write_lock(self.path):
+        with self._write:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
@@ -349,6 +378,13 @@ class Store:
             f"SELECT * FROM workflows {where} ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [self._workflow(r) for r in rows]
+
+    def running_heads(self) -> dict[int, WorkflowHead]:
+        """What the planner checks first for each RUNNING workflow (one query for all)."""
+        rows = self.db.execute("SELECT id, runtime, rev, prepared_at, staged_out_at,"
+                               " stage_out_error FROM workflows WHERE state='RUNNING'")
+        return {int(r[0]): WorkflowHead(r[1], (int(r[2]), r[3], r[4], r[5]), r[3] is not None)
+                for r in rows}
 
     def active_ids(self, wf_ids: Iterable[int] | None = None) -> set[int]:
         """Ids of RUNNING workflows (of ``wf_ids`` only, when given)."""
@@ -445,6 +481,19 @@ class Store:
         if spec is None:
             spec = self._step_specs[r["id"]] = Step.model_validate_json(r["spec"])
         return _activity(r, spec)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration (a trigger's body holds ``;`` of its own)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"incomplete SQL statement in a migration: {pending!r}")
 
 
 def _workflow(r: sqlite3.Row, spec: Workflow) -> WorkflowRow:

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ log = structlog.get_logger("akobridge.daemon")
 
 API_STALL_S = 10.0
 """The API loop counts as stuck when its heartbeat is older than this."""
+
+
+SWITCH_INTERVAL_S = 0.001
+"""How long a thread holds the interpreter before one that waits gets it (Python's default,
+5 ms, added about that much to each API request while the bridge loop was busy)."""
+CYCLE_GAP_S = 0.02
+"""Shortest time from the start of one cycle to the start of the next (at most 50 a second)."""
 
 
 class ServeError(RuntimeError):
@@ -239,6 +247,7 @@ class Daemon:
         notifier = Notifier.from_env()
         clusters = self._clusters()
         bound = bind(self.cfg)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         pid_ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if pidfile is not None:
             from bridge.pidfile import PidFile
@@ -336,6 +345,7 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload(notifier)
+            began = time.monotonic()
             try:
                 changed = self.bridge.cycle()
             except Exception:  # a bug: logged, the loop goes on (the store is the truth)
@@ -357,6 +367,9 @@ class Daemon:
             if not changed:
                 self.wake.wait(self.bridge.idle_s())
                 self.wake.clear()
+            # a burst of submissions (each one wakes the loop) is planned in one cycle, and
+            # the API keeps its share of the interpreter while the loop is busy
+            self.stop_requested.wait(max(0.0, CYCLE_GAP_S - (time.monotonic() - began)))
         return 0
 
     def _reload(self, notifier: Any) -> None:

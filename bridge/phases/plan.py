@@ -12,8 +12,9 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -37,12 +38,30 @@ class Bucket:
     tokens: float
     at: float
 
+    def peek(self, now: float) -> float:
+        """The tokens there would be now (nothing taken)."""
+        return min(self.rate_per_min, self.tokens + (now - self.at) * self.rate_per_min / 60)
+
     def take(self, want: int, now: float) -> int:
         self.tokens = min(self.rate_per_min, self.tokens + (now - self.at) * self.rate_per_min / 60)
         self.at = now
         got = min(want, int(self.tokens))
         self.tokens -= got
         return got
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """A workflow whose last pass changed nothing: planning it again changes nothing either
+    while its signature stays, before ``wake_at`` (its earliest retry), and while the
+    clusters it waits for have no room."""
+
+    signature: tuple[Any, ...]
+    wake_at: datetime | None
+    blocked_on: frozenset[str]
+
+    def still(self, signature: tuple[Any, ...], now: datetime) -> bool:
+        return signature == self.signature and (self.wake_at is None or now < self.wake_at)
 
 
 @dataclass
@@ -78,27 +97,65 @@ class Planner:
         self.hold = False
         """Create no new attempts (a ``cancel`` pass without an owner only stops things)."""
         self._buckets: dict[str, Bucket] = {}
+        self._room_seen: dict[str, bool] = {}
+        """Cluster → whether it has room for a new job, as far as this pass knows."""
+        self._quiet: dict[int, Quiet] = {}
+        """Workflows whose last pass changed nothing, and until when that holds."""
 
     def plan(self, wf_ids: set[int]) -> PlanResult:
+        """One pass over the driven workflows. A workflow whose last pass changed nothing is
+        skipped while its signature (revision, phases) stays the same, until its earliest
+        retry is due, or — when it waits for room on a cluster — until that cluster has room:
+        a pass costs one query for all workflows plus the ones that can move."""
         result = PlanResult()
+        heads = self.store.running_heads()
+        now = self.clock()
+        room: dict[str, bool] = {}
+        self._room_seen = room
         for wf_id in sorted(wf_ids):
+            head = heads.get(wf_id)
+            if head is None:
+                continue
+            if not head.prepared:
+                result.prepare[head.runtime].add(wf_id)
+                continue
+            quiet = self._quiet.get(wf_id)
+            if quiet is not None and quiet.still(head.signature, now) and not any(
+                    self._room(name, room) for name in quiet.blocked_on):
+                continue
             wf = self.store.workflow(wf_id)
             if wf is None or wf.state.terminal:
                 continue
-            if wf.prepared_at is None:
-                result.prepare[wf.runtime].add(wf.id)
-                continue
-            result.changed |= self._plan_one(wf, result)
+            changed, quiet = self._plan_one(wf, result, now)
+            result.changed |= changed
+            if quiet is not None and not changed and not self.hold:
+                self._quiet[wf_id] = replace(quiet, signature=head.signature)
+            else:
+                self._quiet.pop(wf_id, None)
+        for wf_id in [w for w in self._quiet if w not in heads]:  # finished ones
+            del self._quiet[wf_id]
         return result
 
-    def _plan_one(self, wf: WorkflowRow, result: PlanResult) -> bool:
-        now = self.clock()
+    def _room(self, cluster_name: str, seen: dict[str, bool]) -> bool:
+        """Whether a new job could go to this cluster now (asked once per pass)."""
+        if cluster_name not in seen:
+            cluster = self.cluster(cluster_name)
+            bucket = self._buckets.get(cluster_name)
+            seen[cluster_name] = self._limit(cluster) > self.store.live_count(cluster_name) \
+                and (bucket is None or bucket.peek(time.monotonic()) >= 1)
+        return seen[cluster_name]
+
+    def _plan_one(self, wf: WorkflowRow, result: PlanResult,
+                  now: datetime) -> tuple[bool, Quiet | None]:
+        """Apply the engine's plan; whether anything changed, and the workflow's quiet
+        record (None when it asked the workers for something, so it is planned again)."""
         acts = self.store.activities(wf.id)
         changed = self._cancel_waiting(wf, acts, now)
         if changed:
             acts = self.store.activities(wf.id)
         by_name = {a.name: a for a in acts}
         ready: list[ActivityRow] = []
+        asked = False
         for action in engine.plan([view(a) for a in acts], now):
             if isinstance(action, engine.Submit):
                 ready.append(by_name[action.name])
@@ -106,11 +163,17 @@ class Planner:
                 changed |= self._skip(wf, by_name[action.name], action.reason, now)
             elif self.staged(wf) and wf.staged_out_at is None:
                 result.stage_out[wf.runtime].add(wf.id)
+                asked = True
             else:
                 changed |= self._finish(wf, action.state, now)
+        blocked: set[str] = set()
         if not self.hold:
-            changed |= self._new_attempts(wf, ready, result)
-        return changed
+            created, blocked = self._new_attempts(wf, ready, result)
+            changed |= created
+        retries = [a.retry_at for a in acts
+                   if a.state.value == "RETRY_WAIT" and a.retry_at is not None]
+        quiet = None if asked else Quiet((), min(retries, default=None), frozenset(blocked))
+        return changed, quiet
 
     def _cancel_waiting(self, wf: WorkflowRow, acts: list[ActivityRow], now: datetime) -> bool:
         """Activities asked to stop that have no job (waiting or between retries): CANCELLED."""
@@ -150,29 +213,38 @@ class Planner:
         return done
 
     # -- new attempts -----------------------------------------------------------------------
-    def capacity(self, cluster: ClusterConfig, want: int) -> int:
-        """How many of ``want`` new jobs the queue limit, ``max_running`` and the submit rate
-        allow now."""
+    @staticmethod
+    def _limit(cluster: ClusterConfig) -> int:
         limit = cluster.slurm.max_jobs_in_queue
         if cluster.kind == "process":
             limit = min(limit, cluster.max_running or os.cpu_count() or 1)
-        room = max(0, limit - self.store.live_count(cluster.name))
+        return limit
+
+    def capacity(self, cluster: ClusterConfig, want: int) -> int:
+        """How many of ``want`` new jobs the queue limit, ``max_running`` and the submit rate
+        allow now."""
+        room = max(0, self._limit(cluster) - self.store.live_count(cluster.name))
         bucket = self._buckets.setdefault(cluster.name, Bucket(
             cluster.slurm.max_submit_per_minute, cluster.slurm.max_submit_per_minute,
             time.monotonic()))
         return bucket.take(min(want, room), time.monotonic())
 
     def _new_attempts(self, wf: WorkflowRow, ready: list[ActivityRow],
-                      result: PlanResult) -> bool:
+                      result: PlanResult) -> tuple[bool, set[str]]:
         """Claim ready activities and commit their SUBMITTING attempts (token, job dir)
-        before anything reaches a cluster."""
+        before anything reaches a cluster; whether any was created, and the clusters that
+        had no room for the rest."""
         by_cluster: dict[str, list[ActivityRow]] = defaultdict(list)
         for act in ready:
             by_cluster[act.spec.runtime or wf.runtime].append(act)
         created = 0
+        blocked: set[str] = set()
         for name, acts in by_cluster.items():
             cluster = self.cluster(name)
             take = acts[: self.capacity(cluster, len(acts))]
+            if len(take) < len(acts):
+                blocked.add(cluster.name)
+                self._room_seen[cluster.name] = False  # the rest of this pass: no room
             if not take:
                 continue
             with self.store.transaction() as db:
@@ -192,4 +264,4 @@ class Planner:
                          cluster.name, jobdir(cluster, self.store.instance, wf, act, number)))
                     result.created[cluster.name].add(int(ins.lastrowid or 0))
                     created += 1
-        return created > 0
+        return created > 0, blocked

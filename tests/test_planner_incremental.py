@@ -1,0 +1,110 @@
+"""The planner skips workflows that cannot move: a pass reads the activities only of workflows
+whose revision changed (any connection's write bumps it), whose retry is due, or that wait for
+a cluster which now has room. Real stores and the local process runtime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bridge.store import Store
+from conftest import Harness
+from runtimes.config import LOCAL
+
+ONE = "name: wf{i}\nspec:\n  activities:\n    - name: a\n      run: {run}\n"
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[int]:
+    """Workflow ids whose activities the planner reads, in order."""
+    read: list[int] = []
+    original = store.activities
+
+    def activities(wf_id: int):  # noqa: ANN202 - list[ActivityRow]
+        read.append(wf_id)
+        return original(wf_id)
+
+    monkeypatch.setattr(store, "activities", activities)
+    return read
+
+
+def test_waiting_workflows_are_not_read_while_the_cluster_is_full(
+        harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one_slot = LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs"), "max_running": 1})
+    h = harness(one_slot)
+    ids = [h.submit(ONE.format(i=i, run="sleep 30")) for i in range(50)]
+    planner = h.bridge.planner
+    read = counting(monkeypatch, h.store)
+    for _ in range(2):  # prepare, then the first pass claims the one slot
+        h.bridge.cycle()
+    assert h.store.live_count("local") == 1
+    planner.plan(set(ids))  # the running one's submission moved its revision: read once more
+    read.clear()
+    for _ in range(5):
+        planner.plan(set(ids))
+    assert read == [], "the cluster is full: no waiting workflow needs reading"
+    h.bridge.store.request_cancel(ids[0])  # the running one: its revision moves
+    planner.plan(set(ids))
+    assert read == [ids[0]]
+
+
+def test_a_write_from_another_connection_wakes_the_workflow(
+        harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")}))
+    wf_id = h.submit(ONE.format(i=0, run="sleep 30"))
+    for _ in range(3):
+        h.bridge.cycle()
+    read = counting(monkeypatch, h.store)
+    h.bridge.planner.plan({wf_id})
+    h.bridge.planner.plan({wf_id})
+    assert read.count(wf_id) <= 1  # quiet after one look
+    other = Store(h.store.path)  # e.g. `akobridge cancel` without a daemon
+    try:
+        other.request_cancel(wf_id)
+    finally:
+        other.close()
+    read.clear()
+    h.bridge.planner.plan({wf_id})
+    assert read == [wf_id]
+    h.run(wf_id, timeout=30)
+    assert h.states(wf_id) == {"a": "CANCELLED"}
+
+
+def test_a_retry_wakes_its_workflow_when_it_is_due(
+        harness: Callable[..., Harness], tmp_path: Path) -> None:
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")}))
+    text = ONE.format(i=0, run="exit 3") + "      retry: {retries: 1, backoff: 1}\n"
+    wf_id = h.submit(text)
+    began = time.monotonic()
+    h.run(wf_id, timeout=60)
+    [act] = h.store.activities(wf_id)
+    assert (act.state.value, act.attempt) == ("FAILED", 2)  # the retry ran after its backoff
+    attempts = h.store.attempts(act.id)
+    gap = attempts[1].submitted_at - attempts[0].finished_at
+    assert timedelta(seconds=0.9) <= gap < timedelta(seconds=10)
+    assert time.monotonic() - began < 30
+
+
+def test_the_change_feed_reads_only_workflows_that_moved(
+        harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.changes import ChangeFeed
+
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")}))
+    ids = [h.submit(ONE.format(i=i, run="sleep 30")) for i in range(3)]
+    feed = ChangeFeed(h.store)
+    first = feed.poll()
+    assert {e["workflow_id"] for e in first if e["type"] == "activity"} == set(ids)
+    assert feed.poll() == []  # nothing moved
+    other = Store(h.store.path)  # a write from another connection moves its revision
+    try:
+        with other.transaction() as db:
+            db.execute("UPDATE activities SET state='SKIPPED' WHERE workflow_id=?", (ids[1],))
+    finally:
+        other.close()
+    events = feed.poll()
+    assert [(e["workflow_id"], e.get("activity"), e["state"]) for e in events] == [
+        (ids[1], "a", "SKIPPED")]
+    assert feed.poll() == []
