@@ -269,7 +269,7 @@ ROW_NAMES = [
 
 
 def bench_intake(d: Daemon, n: int, conc: int) -> list[Row]:
-    text = workflow("bench", [{"name": "a", "run": "true"}])
+    text = workflow("bench", [{"name": "a", "run": "sleep 600"}])
     body = {"workflow": b64(text)}
     per = max(1, n // conc)
     lat: list[float] = []
@@ -296,11 +296,13 @@ def bench_intake(d: Daemon, n: int, conc: int) -> list[Row]:
     with ThreadPoolExecutor(conc) as pool:
         futs = [pool.submit(client_loop) for _ in range(conc)]
         barrier.wait()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), proc_cpu_s(d.pid)
         for f in futs:
             f.result()
         wall = time.perf_counter() - t0
-    note = f"{len(lat)} requests" + (f", {errors} not 201" if errors else "")
+        cpu_ms = (proc_cpu_s(d.pid) - cpu0) / max(1, len(lat)) * 1000
+    note = (f"{len(lat)} requests; daemon CPU {cpu_ms:.1f} ms per request"
+            + (f", {errors} not 201" if errors else ""))
     return [Row(f"intake c={conc} throughput", len(lat) / wall, "req/s", 300, True, note),
             Row(f"intake c={conc} p50", pct(lat, 50) * 1000, "ms"),
             Row(f"intake c={conc} p99", pct(lat, 99) * 1000, "ms", 50)]

@@ -381,10 +381,11 @@ class Store:
 
     def running_heads(self) -> dict[int, WorkflowHead]:
         """What the planner checks first for each RUNNING workflow (one query for all)."""
-        rows = self.db.execute("SELECT id, runtime, rev, prepared_at, staged_out_at,"
-                               " stage_out_error FROM workflows WHERE state='RUNNING'")
-        return {int(r[0]): WorkflowHead(r[1], (int(r[2]), r[3], r[4], r[5]), r[3] is not None)
-                for r in rows}
+        cur = self.db.cursor()
+        cur.row_factory = None  # plain tuples: this runs every cycle over every RUNNING one
+        rows = cur.execute("SELECT id, runtime, rev, prepared_at, staged_out_at,"
+                           " stage_out_error FROM workflows WHERE state='RUNNING'")
+        return {r[0]: WorkflowHead(r[1], r[2:], r[3] is not None) for r in rows}
 
     def active_ids(self, wf_ids: Iterable[int] | None = None) -> set[int]:
         """Ids of RUNNING workflows (of ``wf_ids`` only, when given)."""
