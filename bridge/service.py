@@ -135,8 +135,13 @@ class Service:
                    for r in self.allowed_roots)
 
     def submit_text(self, text: str, *, intake: str = "api", intake_key: str | None = None,
-                    runtime: str | None = None) -> tuple[int, Workflow]:
-        """Parse, check and store a workflow; its id (an earlier one for a known key)."""
+                    runtime: str | None = None, durable: bool = False) -> tuple[int, Workflow]:
+        """Parse, check and store a workflow; its id (an earlier one for a known key).
+        ``durable``: the commit reaches the disk before this returns (``synchronous=FULL``
+        on this thread's connection) — for an intake that deletes or moves its only other
+        copy next, like the spool; otherwise a commit survives a kill, not a power cut."""
+        if durable:
+            self.store.db.execute("PRAGMA synchronous=FULL")
         wf = self.parse(text)
         if runtime:
             wf = wf.model_copy(update={"runtime": runtime})

@@ -707,3 +707,27 @@ def test_a_scan_takes_at_most_max_files(spool: Callable[..., SpoolIntake]) -> No
     assert [o.name for o in intake.scan_once()] == ["0.yaml", "1.yaml"]
     assert [o.name for o in intake.scan_once()] == ["2.yaml", "3.yaml"]
     assert [o.name for o in intake.scan_once()] == ["4.yaml"]
+
+
+def test_a_durable_intake_syncs_its_commit_and_the_api_does_not(tmp_path: Path) -> None:
+    """The daemon's spool submits with ``durable=True``: its file moves away right after the
+    commit, so the commit must reach the disk first (a power cut, not just a kill)."""
+    from bridge.service import Service
+    from runtimes.config import Clusters
+
+    store = Store(tmp_path / "state" / "akobridge.db")
+    service = Service(Bridge(store, Clusters([]), tmp_path / "state"))
+    text = "name: wf\nspec:\n  activities:\n    - name: a\n      run: 'true'\n"
+    results: dict[str, int] = {}
+
+    def submit(label: str, durable: bool) -> None:
+        service.submit_text(text, intake="spool" if durable else "api", durable=durable)
+        results[label] = service.store.db.execute("PRAGMA synchronous").fetchone()[0]
+
+    for label, durable in (("spool", True), ("api", False)):  # each on a thread of its own
+        worker = threading.Thread(target=submit, args=(label, durable))
+        worker.start()
+        worker.join()
+    assert results == {"spool": 2, "api": 1}  # FULL, NORMAL
+    assert workflow_count(store) == 2
+    store.close()

@@ -322,7 +322,8 @@ class Daemon:
             from bridge.spool import SpoolIntake
 
             def submit(text: str, name: str, key: str) -> int:
-                wf_id, _ = service.submit_text(text, intake="spool", intake_key=key)
+                wf_id, _ = service.submit_text(text, intake="spool", intake_key=key,
+                                               durable=True)  # the file moves away next
                 return wf_id
 
             from bridge.spool import SpoolError
