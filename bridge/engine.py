@@ -8,12 +8,12 @@ complete) and ``RETRY_WAIT`` (a failed attempt the retry policy sends back after
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from bridge.spec.model import RetryPolicy
+from bridge.spec.model import RetryPolicy, RunWhen
 from runtimes.base import JobState, JobStatus
 
 MAX_RETRY_DELAY_S = 86400.0
@@ -72,6 +72,9 @@ class ActivityView:
     attempt: int = 0
     retry: RetryPolicy = RetryPolicy()
     retry_at: datetime | None = None
+    when: RunWhen = RunWhen()
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    """Output parameters the step left (read from its job directory after it ended)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,12 @@ Action = Submit | Skip | Finish
 
 
 def plan(activities: Sequence[ActivityView], now: datetime) -> list[Action]:
-    """What to do next for one workflow: submit what is ready, skip what cannot run, finish."""
+    """What to do next for one workflow: submit what is ready, skip what cannot run, finish.
+
+    A step runs once every parent completed (or was skipped by its own ``skip`` without
+    ``skip_dag``) — unless it has ``parent_status`` rules, which then decide once its parents
+    have ended — and its ``conditions`` hold; otherwise it is skipped, and skips cascade."""
+    by_name = {a.name: a for a in activities}
     states = {a.name: a.state for a in activities}
     actions: list[Action] = []
     changed = True
@@ -103,14 +111,14 @@ def plan(activities: Sequence[ActivityView], now: datetime) -> list[Action]:
         for a in activities:
             if states[a.name] is not ActivityState.PENDING:
                 continue
-            blocked = [p for p in a.parents if states[p] in FAILURES | {ActivityState.SKIPPED}]
-            if blocked:
+            why = _why_skip(a, states, by_name)
+            if why:
                 states[a.name] = ActivityState.SKIPPED
-                actions.append(Skip(a.name, f"upstream {blocked[0]} is {states[blocked[0]]}"))
+                actions.append(Skip(a.name, why))
                 changed = True
     for a in activities:
         state = states[a.name]
-        if not all(states[p] is ActivityState.COMPLETED for p in a.parents):
+        if not _ready(a, states, by_name):
             continue
         if state is ActivityState.PENDING or (
             state is ActivityState.RETRY_WAIT and (a.retry_at is None or a.retry_at <= now)
@@ -121,9 +129,66 @@ def plan(activities: Sequence[ActivityView], now: datetime) -> list[Action]:
     return actions
 
 
+def _passes(parent: ActivityView, state: ActivityState) -> bool:
+    """Whether a parent in ``state`` lets its children run under the default rule."""
+    return state is ActivityState.COMPLETED or (
+        state is ActivityState.SKIPPED and parent.when.skip and not parent.when.skip_dag)
+
+
+def _outcome_word(state: ActivityState) -> str | None:
+    if state is ActivityState.COMPLETED:
+        return "success"
+    return "failure" if state in FAILURES else None
+
+
+def _why_skip(a: ActivityView, states: Mapping[str, ActivityState],
+              by_name: Mapping[str, ActivityView]) -> str | None:
+    """Why a PENDING step is skipped now; None: it runs, or it is too early to say."""
+    if a.when.skip:
+        return "skipped by its skipConfiguration"
+    rules = a.when.parent_status
+    if not rules:
+        blocked = [p for p in a.parents if states[p] in FAILURES
+                   or (states[p] is ActivityState.SKIPPED and not _passes(by_name[p], states[p]))]
+        if blocked:
+            return f"upstream {blocked[0]} is {states[blocked[0]]}"
+    else:
+        named = {p for r in rules for p in r.parents} | set(a.parents)
+        if not all(states[p].terminal for p in named):
+            return None
+        for rule in rules:
+            hits = [_outcome_word(states[p]) in rule.status for p in rule.parents]
+            if not (all(hits) if rule.condition == "all-of" else any(hits)):
+                words = ", ".join(f"{p} {states[p]}" for p in rule.parents)
+                return f"parentStatus {rule.condition} {list(rule.status)} not met ({words})"
+    for cond in a.when.conditions:
+        if not states[cond.step].terminal:
+            return None
+        got = by_name[cond.step].outputs.get(cond.param)
+        equal = got is not None and got.strip() == cond.value.strip()
+        if equal != (cond.condition == "equals"):
+            shown = "no value" if got is None else repr(got.strip())
+            return (f"condition {cond.step}.{cond.param} {cond.condition} {cond.value!r} "
+                    f"not met ({shown})")
+    return None
+
+
+def _ready(a: ActivityView, states: Mapping[str, ActivityState],
+           by_name: Mapping[str, ActivityView]) -> bool:
+    """Whether the step's parents (and the steps its rules name) allow it to run now."""
+    if a.when.parent_status:
+        named = {p for r in a.when.parent_status for p in r.parents} | set(a.parents)
+        if not all(states[p].terminal for p in named):
+            return False
+    elif not all(_passes(by_name[p], states[p]) for p in a.parents):
+        return False
+    return all(states[c.step].terminal for c in a.when.conditions)
+
+
 def outcome(states: Sequence[ActivityState]) -> WorkflowState:
-    """A finished workflow's state: COMPLETED only if every activity completed."""
-    if all(s is ActivityState.COMPLETED for s in states):
+    """A finished workflow's state: COMPLETED if every activity completed or was skipped by
+    a rule (a skip after a failure comes with that failure), else CANCELLED or FAILED."""
+    if not any(s in FAILURES for s in states):
         return WorkflowState.COMPLETED
     if ActivityState.CANCELLED in states and ActivityState.FAILED not in states:
         return WorkflowState.CANCELLED

@@ -19,7 +19,7 @@ from bridge.engine import (
     outcome,
     plan,
 )
-from bridge.spec.model import RetryPolicy
+from bridge.spec.model import OutputCondition, ParentRule, RetryPolicy, RunWhen
 from runtimes.base import JobState, JobStatus
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -110,6 +110,82 @@ def test_observations_map_one_to_one_without_retry(job_state: JobState) -> None:
 
 def test_outcome() -> None:
     assert outcome([S.COMPLETED, S.COMPLETED]) is WorkflowState.COMPLETED
-    assert outcome([S.COMPLETED, S.SKIPPED]) is WorkflowState.FAILED
+    assert outcome([S.COMPLETED, S.SKIPPED]) is WorkflowState.COMPLETED  # skipped by a rule
+    assert outcome([S.FAILED, S.SKIPPED]) is WorkflowState.FAILED
     assert outcome([S.FAILED, S.CANCELLED]) is WorkflowState.FAILED
     assert outcome([S.CANCELLED, S.SKIPPED]) is WorkflowState.CANCELLED
+
+
+# -- Peak rules: parentStatus, conditional, skipConfiguration ---------------------------------
+def view(name: str, state: ActivityState = S.PENDING, parents: tuple[str, ...] = (),
+         when: RunWhen | None = None, outputs: dict[str, str] | None = None) -> ActivityView:
+    return ActivityView(name, state, parents, when=when or RunWhen(), outputs=outputs or {})
+
+
+ON_FAILURE = RunWhen(parent_status=(ParentRule(condition="one-of", parents=("a",),
+                                               status=("failure",)),))
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_a_cleanup_step_runs_after_its_parent_failed(failure: ActivityState) -> None:
+    steps = [view("a", failure), view("cleanup", parents=("a",), when=ON_FAILURE),
+             view("next", parents=("a",))]
+    actions = plan(steps, NOW)
+    assert Submit("cleanup") in actions
+    assert Skip("next", f"upstream a is {failure}") in actions
+
+
+def test_a_cleanup_step_is_skipped_after_success_and_waits_until_then() -> None:
+    assert plan([view("a", S.RUNNING), view("cleanup", parents=("a",), when=ON_FAILURE)],
+                NOW) == []
+    actions = plan([view("a", S.COMPLETED), view("cleanup", parents=("a",), when=ON_FAILURE)],
+                   NOW)
+    assert actions == [Skip("cleanup", "parentStatus one-of ['failure'] not met "
+                                       "(a COMPLETED)"), Finish(WorkflowState.COMPLETED)]
+
+
+def test_all_of_needs_every_named_parent() -> None:
+    rule = RunWhen(parent_status=(ParentRule(condition="all-of", parents=("a", "b"),
+                                             status=("success",)),))
+    ok = plan([view("a", S.COMPLETED), view("b", S.COMPLETED),
+               view("c", parents=("a", "b"), when=rule)], NOW)
+    assert ok == [Submit("c")]
+    one_failed = plan([view("a", S.COMPLETED), view("b", S.FAILED),
+                       view("c", parents=("a", "b"), when=rule)], NOW)
+    assert isinstance(one_failed[0], Skip) and one_failed[-1] == Finish(WorkflowState.FAILED)
+
+
+@pytest.mark.parametrize(("condition", "value", "runs"), [
+    ("equals", "yes", True), ("equals", "no", False),
+    ("not-equals", "no", True), ("not-equals", "yes", False)])
+def test_conditions_compare_a_parents_output(condition: str, value: str, runs: bool) -> None:
+    when = RunWhen(conditions=(OutputCondition(condition=condition, step="a", param="answer",
+                                               value=value),))
+    steps = [view("a", S.COMPLETED, outputs={"answer": "yes\n"}),
+             view("b", parents=("a",), when=when), view("c", parents=("b",))]
+    actions = plan(steps, NOW)
+    if runs:
+        assert actions == [Submit("b")]
+    else:
+        assert [type(x) for x in actions] == [Skip, Skip, Finish]
+        assert actions[1] == Skip("c", "upstream b is SKIPPED")
+        assert actions[2] == Finish(WorkflowState.COMPLETED)  # skipped by a rule: success
+
+
+def test_a_condition_on_a_missing_output_is_false() -> None:
+    when = RunWhen(conditions=(OutputCondition(condition="equals", step="a", param="x",
+                                               value=""),))
+    actions = plan([view("a", S.COMPLETED), view("b", parents=("a",), when=when)], NOW)
+    assert actions[0] == Skip("b", "condition a.x equals '' not met (no value)")
+
+
+def test_skip_lets_dependents_run_and_skip_dag_does_not() -> None:
+    skip = plan([view("a", when=RunWhen(skip=True)), view("b", parents=("a",))], NOW)
+    assert skip == [Skip("a", "skipped by its skipConfiguration"), Submit("b")]  # one pass
+    after = plan([view("a", S.SKIPPED, when=RunWhen(skip=True)), view("b", parents=("a",))],
+                 NOW)
+    assert after == [Submit("b")]
+    dag = plan([view("a", when=RunWhen(skip=True, skip_dag=True)), view("b", parents=("a",))],
+               NOW)
+    assert dag[:2] == [Skip("a", "skipped by its skipConfiguration"),
+                       Skip("b", "upstream a is SKIPPED")]

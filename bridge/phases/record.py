@@ -20,7 +20,7 @@ log = structlog.get_logger("akobridge.record")
 
 def view(act: ActivityRow) -> ActivityView:
     return ActivityView(act.name, act.state, act.spec.parents, act.attempt, act.spec.retry,
-                        act.retry_at)
+                        act.retry_at, act.spec.when)
 
 
 def record_observation(store: Store, attempt: AttemptRow, status: JobStatus,

@@ -7,7 +7,7 @@ The store keeps it as JSON; the engine and the runtimes read only this model.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +53,39 @@ class RetryPolicy(_Frozen):
         return RetryPolicy.model_validate({**self.model_dump(), **update}) if update else self
 
 
+class ParentRule(_Frozen):
+    """Peak ``parentStatus``: run only when all of / one of ``parents`` ended in one of
+    ``status`` (``success``: COMPLETED; ``failure``: FAILED, TIMEOUT, OUT_OF_MEMORY,
+    CANCELLED, NODE_FAIL)."""
+
+    condition: Literal["all-of", "one-of"]
+    parents: tuple[str, ...]
+    status: tuple[Literal["success", "failure"], ...]
+
+
+class OutputCondition(_Frozen):
+    """Peak ``conditional``: run only when ``step``'s output parameter ``param`` equals (or
+    does not equal) ``value`` (compared as text, surrounding whitespace stripped)."""
+
+    condition: Literal["equals", "not-equals"]
+    step: str
+    param: str
+    value: str
+
+
+class RunWhen(_Frozen):
+    """When a step runs, beyond "every parent completed" (the AkoFlow rule and the default)."""
+
+    parent_status: tuple[ParentRule, ...] = ()
+    """Every rule must hold; with rules, a failed parent does not skip the step by itself."""
+    conditions: tuple[OutputCondition, ...] = ()
+    """Every condition must hold (checked once the steps they name have ended)."""
+    skip: bool = False
+    """Skip this step; its dependents run as if it had completed (``skipConfiguration``)."""
+    skip_dag: bool = False
+    """With ``skip``: its dependents are skipped too."""
+
+
 class Volume(_Frozen):
     """AkoFlow ``volumes: ["A:B"]``: ``source`` on the bridge host, ``target`` on the cluster."""
 
@@ -75,6 +108,9 @@ class Step(_Frozen):
     retry: RetryPolicy = RetryPolicy()
     env: dict[str, str] = Field(default_factory=dict)
     keep_disk: bool = False
+    when: RunWhen = RunWhen()
+    outputs: dict[str, str] = Field(default_factory=dict)
+    """Output parameter name → file (relative to the job directory) read after the step."""
     source: dict[str, object] = Field(default_factory=dict)
     """The step as the user wrote it (for AkoFlow's ``ResourceK8sBase64``)."""
 
