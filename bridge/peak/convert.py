@@ -1,0 +1,177 @@
+"""A Peak definition plus an execute body → the internal :class:`~bridge.spec.model.Workflow`
+that the engine and the runtimes run (one Slurm job, or local process, per step attempt).
+
+Images and instance types come from the daemon's catalogue (``peak:`` in its config): an
+``imageId``/``imageVersionId`` names a ``.sif`` or a ``docker://`` reference, an
+``instanceTypeId`` a cluster and its shape (CPUs, memory). Retry options: a step's
+``runConfiguration.retryOptions`` replaces the workflow's; ``exponentialBackoff`` doubles the
+``duration`` after each failed try; no ``retryOptions`` anywhere: no retry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.peak.definition import Definition, RetryOptions
+from bridge.peak.definition import Step as PeakStep
+from bridge.spec.model import (
+    OutputCondition,
+    ParentRule,
+    Resources,
+    RetryPolicy,
+    RunWhen,
+    Step,
+    Workflow,
+)
+
+DEFAULT_RETRIES = 3
+"""``numberOfRetries`` when a ``retryOptions`` object leaves it out."""
+DEFAULT_RETRY_DELAY_S = 5.0
+"""``duration`` when a ``retryOptions`` object leaves it out."""
+RETRY_FIELDS = ("retries", "backoff_s", "factor", "exit_codes")
+
+
+class Shape(Protocol):
+    """What an instance type gives a step (:class:`bridge.peak.catalogue.InstanceType`)."""
+
+    @property
+    def cluster(self) -> str: ...
+    @property
+    def cpus(self) -> int: ...
+    @property
+    def memory_mib(self) -> int: ...
+
+
+class Catalogue(Protocol):
+    """:class:`bridge.peak.catalogue.Catalogue`: lookups raise ``ValueError`` (its message
+    says what is missing)."""
+
+    @property
+    def default_type(self) -> int | None: ...
+    def image(self, image_id: int, version_id: int | None = None) -> str: ...
+    def instance_type(self, type_id: int) -> Shape: ...
+
+
+class ConversionError(ValueError):
+    """A definition that names something the catalogue does not have (``field``: its path)."""
+
+    def __init__(self, field_: str, message: str) -> None:
+        super().__init__(f"{field_}: {message}")
+        self.field, self.message = field_, message
+
+
+@dataclass(frozen=True)
+class ExecuteRequest:
+    """The body of ``POST /workflows/{id}/execute``."""
+
+    global_params: Mapping[str, str] = field(default_factory=dict)
+    step_params: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    steps_to_run: tuple[tuple[str, bool], ...] = ()
+    """(stepName, runDAG) pairs; empty: every step."""
+
+
+def to_workflow(defn: Definition, catalogue: Catalogue,
+                request: ExecuteRequest | None = None) -> Workflow:
+    """The workflow one execution runs (only the selected steps, when ``stepsToRun`` says)."""
+    request = request or ExecuteRequest()
+    chosen = selected(defn, request.steps_to_run)
+    steps = tuple(_step(name, defn.steps[name], defn, catalogue, request, chosen)
+                  for name in defn.steps if name in chosen)
+    runtime = steps[0].runtime or "local"
+    return Workflow(name=defn.name, runtime=runtime, steps=steps, source_format="peak",
+                    raw=json.dumps(defn.to_body(), sort_keys=True))
+
+
+def selected(defn: Definition, steps_to_run: Iterable[tuple[str, bool]]) -> set[str]:
+    """The steps an execution runs: all, or the named ones and (``runDAG``) their dependents."""
+    wanted = list(steps_to_run)
+    if not wanted:
+        return set(defn.steps)
+    children: dict[str, list[str]] = {name: [] for name in defn.steps}
+    for name, step in defn.steps.items():
+        for parent in step.parents or []:
+            children[parent].append(name)
+    chosen: set[str] = set()
+    for i, (name, run_dag) in enumerate(wanted):
+        if name not in defn.steps:
+            raise ConversionError(f"stepsToRun[{i}].stepName", f"no step named {name!r}")
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            if current not in chosen:
+                chosen.add(current)
+                if run_dag:
+                    todo.extend(children[current])
+    return chosen
+
+
+def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
+          request: ExecuteRequest, chosen: set[str]) -> Step:
+    where = f"steps.{name}"
+    try:
+        image = catalogue.image(step.image_id, step.image_version_id)
+    except ValueError as exc:
+        raise ConversionError(f"{where}.imageId", _message(exc)) from None
+    type_id = (step.resources.instance_type_id if step.resources else None) \
+        or catalogue.default_type
+    if type_id is None:
+        raise ConversionError(f"{where}.resources.instanceTypeId",
+                              "no instance type given and peak.defaults names none")
+    try:
+        shape = catalogue.instance_type(type_id)
+    except ValueError as exc:
+        raise ConversionError(f"{where}.resources.instanceTypeId", _message(exc)) from None
+    env = dict(step.parameters.env or {}) if step.parameters else {}
+    env.update(request.global_params)
+    env.update(request.step_params.get(name, {}))
+    options = (step.run_configuration.retry_options if step.run_configuration else None) \
+        or defn.retry_options
+    return Step(
+        name=name, run=step.command, image=image, runtime=shape.cluster,
+        parents=tuple(p for p in step.parents or [] if p in chosen),
+        resources=Resources(cpus=shape.cpus, memory_mib=shape.memory_mib,
+                            time_limit_s=step.step_timeout),
+        retry=retry_policy(options), env=env, when=_when(step, chosen),
+        outputs=dict(step.output_parameters or {}),
+        source=step.model_dump(mode="json", by_alias=True, exclude_none=True),
+    )
+
+
+def _message(exc: ValueError) -> str:
+    return str(getattr(exc, "message", None) or exc)
+
+
+def retry_policy(options: RetryOptions | None) -> RetryPolicy:
+    """Peak's retryOptions as the engine's policy (every field given: no cluster default
+    applies to a Peak step)."""
+    if options is None:
+        return RetryPolicy(retries=0, given=RETRY_FIELDS)
+    retries = DEFAULT_RETRIES if options.number_of_retries is None else options.number_of_retries
+    delay = DEFAULT_RETRY_DELAY_S if options.duration is None else options.duration
+    return RetryPolicy(retries=retries, backoff_s=delay,
+                       factor=2.0 if options.exponential_backoff else 1.0,
+                       exit_codes=tuple(options.exit_codes or ()), given=RETRY_FIELDS)
+
+
+def _when(step: PeakStep, chosen: set[str]) -> RunWhen:
+    """The step's run rules; rules about steps this execution does not run are dropped."""
+    params = step.execution_parameters
+    skip = step.run_configuration.skip_configuration if step.run_configuration else None
+    rules = tuple(
+        ParentRule(condition=r.condition, parents=tuple(p for p in r.parents if p in chosen),
+                   status=tuple(r.status))
+        for r in (params.parent_status or [] if params else [])
+        if any(p in chosen for p in r.parents))
+    conditions = tuple(
+        OutputCondition(condition=c.condition, step=c.step_name, param=c.param_name,
+                        value=c.value)
+        for c in (params.conditional or [] if params else []) if c.step_name in chosen)
+    return RunWhen(parent_status=rules, conditions=conditions,
+                   skip=bool(skip and skip.skip), skip_dag=bool(skip and skip.skip_dag))
+
+
+__all__ = ["Catalogue", "ConversionError", "ExecuteRequest", "retry_policy", "selected",
+           "to_workflow"]

@@ -1,0 +1,155 @@
+"""A Peak definition and an execute body → the internal workflow the engine runs: images and
+instance types through a catalogue, retry options, run rules, stepsToRun with runDAG, the
+execute parameters; then a converted workflow run for real on the local runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_peak_definition import CRON, MANUAL, WEBHOOK
+
+from bridge.peak.convert import ConversionError, ExecuteRequest, retry_policy, to_workflow
+from bridge.peak.definition import RetryOptions, parse_definition
+from conftest import Harness
+from runtimes.config import LOCAL
+
+
+@dataclass(frozen=True)
+class Shape:
+    cluster: str
+    cpus: int
+    memory_mib: int
+
+
+class Catalogue:
+    """The catalogue's lookups, over two dicts (the daemon's comes from its config)."""
+
+    default_type: int | None = 21
+
+    def __init__(self, cluster: str = "local") -> None:
+        self.images = {(123, 1): "docker://python:3.11", (456, 2): "/sifs/b.sif",
+                       (100, 100): "/sifs/c.sif"}
+        self.types = {21: Shape(cluster, 1, 1024), 22: Shape(cluster, 2, 4096),
+                      23: Shape(cluster, 4, 8192)}
+
+    def image(self, image_id: int, version_id: int | None = None) -> str:
+        key = (image_id, version_id or 1)
+        if key not in self.images:
+            raise ValueError(f"image {image_id}/{version_id} is not in peak.images")
+        return self.images[key]
+
+    def instance_type(self, type_id: int) -> Shape:
+        if type_id not in self.types:
+            raise ValueError(f"instance type {type_id} is not in peak.instance_types")
+        return self.types[type_id]
+
+
+def body(steps: dict[str, dict[str, Any]], **top: Any) -> dict[str, Any]:
+    return {"name": "wf", "steps": {n: {"imageId": 123, "imageVersionId": 1, "command": "true",
+                                        **s} for n, s in steps.items()}, **top}
+
+
+@pytest.mark.parametrize("seed", [*CRON, *WEBHOOK, *MANUAL], ids=lambda b: b["name"])
+def test_every_seed_body_converts(seed: dict[str, Any]) -> None:
+    wf = to_workflow(parse_definition(seed), Catalogue())
+    assert wf.source_format == "peak" and {s.name for s in wf.steps} == set(seed["steps"])
+    for step in wf.steps:
+        given = seed["steps"][step.name]
+        assert step.run == given["command"] and step.image is not None
+        assert step.parents == tuple(given.get("parents") or ())
+        assert step.resources.time_limit_s == given.get("stepTimeout")
+
+
+def test_the_cron_seeds_step_in_detail() -> None:
+    wf = to_workflow(parse_definition(CRON[0]), Catalogue())
+    [step] = wf.steps
+    assert (step.image, step.runtime, step.resources.cpus, step.resources.memory_mib) == (
+        "docker://python:3.11", "local", 1, 1024)
+    assert step.env == {"key": "value"}
+    # workflow-level retryOptions: exitCodes [1, 2], 3 retries, doubling from 2 s
+    assert (step.retry.retries, step.retry.backoff_s, step.retry.factor,
+            step.retry.exit_codes) == (3, 2.0, 2.0, (1, 2))
+
+
+def test_a_steps_retry_options_replace_the_workflows() -> None:
+    defn = parse_definition(body(
+        {"a": {"runConfiguration": {"retryOptions": {"numberOfRetries": 1, "duration": 7}}}},
+        retryOptions={"exitCodes": [1], "numberOfRetries": 5}))
+    [step] = to_workflow(defn, Catalogue()).steps
+    assert (step.retry.retries, step.retry.backoff_s, step.retry.factor,
+            step.retry.exit_codes) == (1, 7.0, 1.0, ())
+    assert retry_policy(None).retries == 0
+    assert retry_policy(RetryOptions()).retries == 3  # an empty object: the defaults
+
+
+def test_rules_and_outputs_carry_over() -> None:
+    defn = parse_definition(body({
+        "a": {"outputParameters": {"answer": "answer.txt"}},
+        "b": {"parents": ["a"], "executionParameters": {
+            "conditional": [{"condition": "equals", "paramName": "answer", "stepName": "a",
+                             "value": "yes"}]}},
+        "clean": {"parents": ["a"], "executionParameters": {
+            "parentStatus": [{"condition": "one-of", "parents": ["a"],
+                              "status": ["failure"]}]},
+            "runConfiguration": {"skipConfiguration": {"skip": False}}}}))
+    steps = {s.name: s for s in to_workflow(defn, Catalogue()).steps}
+    assert steps["a"].outputs == {"answer": "answer.txt"}
+    [cond] = steps["b"].when.conditions
+    assert (cond.condition, cond.step, cond.param, cond.value) == ("equals", "a", "answer",
+                                                                   "yes")
+    [rule] = steps["clean"].when.parent_status
+    assert (rule.condition, rule.parents, rule.status) == ("one-of", ("a",), ("failure",))
+
+
+def test_steps_to_run_with_and_without_the_dag() -> None:
+    defn = parse_definition(body({"a": {}, "b": {"parents": ["a"]}, "c": {"parents": ["b"]},
+                                  "d": {}}))
+    alone = to_workflow(defn, Catalogue(), ExecuteRequest(steps_to_run=(("b", False),)))
+    assert [(s.name, s.parents) for s in alone.steps] == [("b", ())]
+    dag = to_workflow(defn, Catalogue(), ExecuteRequest(steps_to_run=(("b", True),)))
+    assert [(s.name, s.parents) for s in dag.steps] == [("b", ()), ("c", ("b",))]
+    with pytest.raises(ConversionError) as err:
+        to_workflow(defn, Catalogue(), ExecuteRequest(steps_to_run=(("zz", True),)))
+    assert err.value.field == "stepsToRun[0].stepName"
+
+
+def test_execute_parameters_override_the_env() -> None:
+    defn = parse_definition(body({"a": {"parameters": {"env": {"A": "1", "B": "1"}}}}))
+    request = ExecuteRequest(global_params={"B": "2", "C": "2"},
+                             step_params={"a": {"C": "3"}})
+    [step] = to_workflow(defn, Catalogue(), request).steps
+    assert step.env == {"A": "1", "B": "2", "C": "3"}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"imageId": 999}, "steps.a.imageId"),
+    ({"resources": {"instanceTypeId": 77}}, "steps.a.resources.instanceTypeId")])
+def test_what_the_catalogue_lacks_names_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConversionError) as err:
+        to_workflow(parse_definition(body({"a": change})), Catalogue())
+    assert err.value.field == field and "peak." in err.value.message
+
+
+def test_a_converted_execution_runs_its_rules_on_the_local_runtime(
+        harness: Callable[..., Harness], tmp_path: Path) -> None:
+    """a fails; the cleanup (one-of failure) runs; b (needs a) is skipped; the workflow
+    FAILED with every step accounted for."""
+    local = LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")})
+    h = harness(local)
+    defn = parse_definition(body({
+        "a": {"command": "exit 2"},
+        "b": {"parents": ["a"]},
+        "cleanup": {"parents": ["a"], "command": "echo cleaned", "executionParameters": {
+            "parentStatus": [{"condition": "one-of", "parents": ["a"],
+                              "status": ["failure"]}]}}}))
+    wf = to_workflow(defn, Catalogue())
+    wf = wf.model_copy(update={"steps": tuple(s.model_copy(update={"image": None})
+                                              for s in wf.steps)})  # no container locally
+    wf_id = h.bridge.submit(wf)
+    h.run(wf_id, timeout=60)
+    assert h.states(wf_id) == {"a": "FAILED", "b": "SKIPPED", "cleanup": "COMPLETED"}
+    assert h.store.workflow(wf_id).state.value == "FAILED"
