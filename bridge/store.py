@@ -124,6 +124,23 @@ MIGRATIONS: list[str] = [
         WHERE id = (SELECT workflow_id FROM activities WHERE id = NEW.activity_id);
     END;
     """,
+    # 7: Peak-style workflow definitions (bridge.peak.store): the body as stored JSON, its
+    #    status, the minted webhook id and the x-peak-requestId that created it (a retried
+    #    create finds it); their executions come in a migration of their own
+    """
+    CREATE TABLE peak_workflows (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        body TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('Draft', 'Available', 'Paused')),
+        tags TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        last_modified_by TEXT,
+        webhook_id TEXT UNIQUE,
+        request_id TEXT UNIQUE
+    );
+    CREATE INDEX peak_workflows_status ON peak_workflows(status);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bridge.notify.webhooks import MAX_ATTEMPTS, WebhookSettings
-from bridge.spec.quantities import parse_duration_s
+from bridge.spec.quantities import parse_duration_s, parse_memory_mib
+from runtimes import safety
 from runtimes.config import read_mapping, validation_message
+
+if TYPE_CHECKING:
+    from bridge.peak.catalogue import Catalogue
 
 MiB = 1024 * 1024
 
@@ -187,6 +192,87 @@ class SmtpSettings(_Strict):
     starttls: bool = False
 
 
+PEAK_IMAGE_SCHEMES = ("docker://", "oras://", "library://")
+_STORAGE = re.compile(r"[1-9][0-9]{0,5} ?GB")
+
+
+class PeakImage(_Strict):
+    """One image of the Peak catalogue: ``imageId``/``imageVersionId`` → a ``.sif`` path on
+    the cluster or a ``docker://``, ``oras://`` or ``library://`` reference."""
+
+    id: int = Field(ge=1)
+    version: int = Field(ge=1)
+    image: str
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        safety.check_image(v, "image")
+        if "://" in v and not v.startswith(PEAK_IMAGE_SCHEMES):
+            raise ValueError(f"{safety.show(v)}: use a .sif path or a docker://, oras:// or "
+                             "library:// reference")
+        if "://" not in v and not v.endswith(".sif"):
+            raise ValueError(f"{safety.show(v)}: a path must name a .sif file")
+        return v
+
+
+class PeakInstanceType(_Strict):
+    """``resources.instanceTypeId`` → a job shape on a cluster."""
+
+    id: int = Field(ge=1)
+    cluster: str
+    cpus: int = Field(ge=1, le=100_000)
+    memory: str
+    """A quantity such as ``4Gi`` or ``512Mi``."""
+    gpus: int = Field(default=0, ge=0, le=1024)
+    gpu_memory: str | None = None
+    partition: str | None = None
+    gres: str | None = None
+    """Slurm ``--gres`` (e.g. ``gpu:a100:1``); default ``gpu:<gpus>`` when gpus > 0."""
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, v: str) -> str:
+        return safety.check_name(v, "cluster")
+
+    @field_validator("memory", "gpu_memory")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_memory_mib(v)
+        return v
+
+    @field_validator("partition", "gres")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return None if v is None else safety.check_label(v, "value")
+
+
+class PeakDefaults(_Strict):
+    """``GET /resources/defaults``: a step without ``resources`` gets these."""
+
+    instance_type: int = Field(ge=1)
+    storage: str = "10GB"
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if not _STORAGE.fullmatch(v):
+            raise ValueError(f"{safety.show(v)} must be a size in GB such as '10GB'")
+        return v
+
+
+class PeakSettings(_Strict):
+    """``peak:``: what the Peak-style service's ids mean here (docs/peak.md)."""
+
+    images: tuple[PeakImage, ...] = ()
+    instance_types: tuple[PeakInstanceType, ...] = ()
+    defaults: PeakDefaults | None = None
+    """Default: the first instance type and 10GB."""
+    secrets_file: Path | None = None
+    """``parameters.secrets`` values: ``NAME=value`` lines (``#`` comments), mode 0600."""
+
+
 class DaemonConfig(_Strict):
     """``bridge.yaml``."""
 
@@ -197,6 +283,7 @@ class DaemonConfig(_Strict):
     spool: SpoolSettings = SpoolSettings()
     staging: StagingSettings = StagingSettings()
     smtp: SmtpSettings = SmtpSettings()
+    peak: PeakSettings = PeakSettings()
     source: Path | None = None
     """The file it was read from (not a YAML key)."""
 
@@ -227,6 +314,41 @@ class DaemonConfig(_Strict):
             raise DaemonConfigError(f"{where}: {path} is empty")
         return lines[0].strip()
 
+    def peak_secrets(self) -> dict[str, str]:
+        """``peak.secrets_file`` as ``{name: value}`` (checked: 0600, one ``NAME=value`` a
+        line, names as step secrets write them, each once); ``{}`` when not set."""
+        path = self.peak.secrets_file
+        if path is None:
+            return {}
+        where = f"{self.source or 'config'}: peak.secrets_file"
+        found: dict[str, str] = {}
+        for number, line in enumerate(_private_text(path, where).splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, value = line.partition("=")
+            name = name.strip()
+            try:
+                safety.check_name(name, "the secret name")
+            except ValueError as exc:
+                raise DaemonConfigError(f"{where}: line {number}: {exc}") from None
+            if not sep:
+                raise DaemonConfigError(f"{where}: line {number}: write NAME=value")
+            if name in found:
+                raise DaemonConfigError(f"{where}: line {number}: {name} is given twice")
+            found[name] = value
+        return found
+
+    def catalogue(self, clusters: list[str] | None = None) -> Catalogue:
+        """The Peak catalogue of ``peak:``; with ``clusters`` (the names the clusters dir
+        and the built-in ``local`` give), every instance type's cluster must be one of them."""
+        from bridge.peak.catalogue import Catalogue, CatalogueError
+
+        try:
+            return Catalogue.from_config(self.peak, clusters)
+        except CatalogueError as exc:
+            raise DaemonConfigError(f"{self.source or 'config'}: {exc.field}: "
+                                    f"{exc.message}") from None
+
     def check(self) -> list[str]:
         """Cross-field rules; returns warnings (errors are raised)."""
         where = self.source or "config"
@@ -253,6 +375,8 @@ class DaemonConfig(_Strict):
                     "can submit and cancel workflows; prefer a unix: socket or a token_file")
         self.tokens()
         self.webhook_secret()
+        self.catalogue()
+        self.peak_secrets()
         for i, root in enumerate(self.staging.allowed_roots):
             if not root.is_absolute():
                 raise DaemonConfigError(f"{where}: staging.allowed_roots[{i}]: must be an "
@@ -294,7 +418,8 @@ def config_from_mapping(data: dict[str, Any], path: Path | None = None) -> Daemo
     for key in ("state_dir", "clusters_dir"):
         data[key] = _resolve(base, data.get(key))
     for section, keys in {"api": ["token_file"], "webhooks": ["secret_file"],
-                          "spool": ["dir"], "smtp": ["password_file"]}.items():
+                          "spool": ["dir"], "smtp": ["password_file"],
+                          "peak": ["secrets_file"]}.items():
         if isinstance(data.get(section), dict):
             data[section] = {k: (_resolve(base, v) if k in keys else v)
                              for k, v in data[section].items()}
@@ -311,5 +436,6 @@ def config_from_mapping(data: dict[str, Any], path: Path | None = None) -> Daemo
     return cfg
 
 
-__all__ = ["ApiSettings", "DaemonConfig", "DaemonConfigError", "Listener", "load_daemon_config",
+__all__ = ["ApiSettings", "DaemonConfig", "DaemonConfigError", "Listener", "PeakDefaults",
+           "PeakImage", "PeakInstanceType", "PeakSettings", "load_daemon_config",
            "parse_listener"]
