@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, metrics
 from bridge.api.stream import EventHub
+from bridge.peak.catalogue import EMPTY, Catalogue
 from bridge.service import Service, ServiceError
 
 log = structlog.get_logger("akobridge.api")
@@ -70,6 +71,8 @@ class ApiContext:
     readiness: Callable[[], dict[str, Any]] = dict
     dead_letters: Callable[[int, int], list[dict[str, Any]]] | None = None
     redeliver: Callable[[int], bool] | None = None
+    catalogue: Catalogue = EMPTY
+    """The Peak-style service's images and instance types (the config's ``peak:``)."""
 
 
 def error_response(status: int, error: str, detail: list[dict[str, Any]] | None = None,
@@ -170,14 +173,16 @@ class Guard:
         given = next((v.decode("latin-1") for k, v in scope.get("headers", [])
                       if k == b"authorization"), "")
         scheme, _, token = given.partition(" ")
+        if not token and scheme:  # the raw token, as peak-sdk sends it
+            scheme, token = "bearer", scheme
         ok = scheme.lower() == "bearer" and bool(token) and any(
             hmac.compare_digest(token.strip().encode(), t.encode()) for t in self.ctx.tokens)
         if ok:
             return None
         why = "missing bearer token" if not given else "invalid token"
         return error_response(401, f"unauthorised: {why}", [
-            {"field": "Authorization", "message": "send `Authorization: Bearer <token>` "
-             "with a token from the daemon's api.token_file"}],
+            {"field": "Authorization", "message": "send `Authorization: Bearer <token>` (or "
+             "the raw token) with a token from the daemon's api.token_file"}],
             headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -188,7 +193,7 @@ def _is_unix(scope: Scope) -> bool:
 
 def create_app(ctx: ApiContext) -> FastAPI:
     """The app for one daemon (routers import lazily to keep this module small)."""
-    from bridge.api import akoflow, monitoring
+    from bridge.api import akoflow, monitoring, peak
 
     app = FastAPI(title="akobridge", version=__version__,
                   description="AkoFlow-compatible intake, monitoring and webhooks of a Slurm "
@@ -220,6 +225,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         log.exception("request failed", path=req.url.path)
         return error_response(500, "internal error (logged by the daemon)")
 
+    app.include_router(peak.router, responses=COMMON_ERRORS)
+    app.include_router(peak.side_router)
     app.include_router(akoflow.router, responses=COMMON_ERRORS)
     app.include_router(monitoring.router, responses=COMMON_ERRORS)
     app.add_middleware(Guard, ctx=ctx)

@@ -246,6 +246,7 @@ class Daemon:
 
         notifier = Notifier.from_env()
         clusters = self._clusters()
+        self.catalogue = self.cfg.catalogue(clusters.names())  # peak.instance_types' clusters
         bound = bind(self.cfg)
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         pid_ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -271,7 +272,8 @@ class Daemon:
                          readiness=self.readiness,
                          dead_letters=lambda limit, offset: webhooks.dead_letters(
                              service.store, limit, offset),
-                         redeliver=lambda i: webhooks.redeliver(service.store, i))
+                         redeliver=lambda i: webhooks.redeliver(service.store, i),
+                         catalogue=self.catalogue)
         api = ApiThread(create_app(ctx), bound.sockets, ctx)
         delivery = webhooks.DeliveryLoop(self.store.path, settings)
         scheduler = self._scheduler(service)

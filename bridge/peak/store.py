@@ -165,6 +165,14 @@ def running_executions(store: Store, wf_id: int) -> int:
     return 0
 
 
+def status(store: Store, wf_id: int, stored: str) -> str:
+    """The status a reply shows: ``Running`` while an execution of an ``Available``
+    workflow runs, else the stored one."""
+    if stored == "Available" and running_executions(store, wf_id):
+        return "Running"
+    return stored
+
+
 def last_execution(store: Store, wf_id: int) -> dict[str, Any] | None:
     """``{executionId, executedAt, status, rerunId}`` of the latest execution of ``wf_id``
     (describe's and list's ``lastExecution``). Hook for the executions: ``None`` for now."""
@@ -214,21 +222,20 @@ def list_workflows(store: Store, *, statuses: list[str] | None = None,
                    page_number: int = 1) -> Page:
     """The definitions that match every filter given, by id, one page of them.
 
-    ``statuses``: stored status in the list; ``modified_by``: last modified by one of them;
+    ``statuses``: :func:`status` in the list; ``modified_by``: last modified by one of them;
     ``search_term``: the name contains it (any case); ``last_execution_statuses``: the status
     of :func:`last_execution` is one of them (no execution: no match)."""
     where, args = ["1=1"], []
-    if statuses:
-        where.append(f"status IN ({','.join('?' * len(statuses))})")
-        args += statuses
     if modified_by:
         where.append(f"last_modified_by IN ({','.join('?' * len(modified_by))})")
         args += modified_by
     if search_term:
         where.append("instr(lower(name), lower(?)) > 0")
         args.append(search_term)
-    ids = [int(r[0]) for r in store.db.execute(
-        f"SELECT id FROM peak_workflows WHERE {' AND '.join(where)} ORDER BY id", args)]
+    found = store.db.execute(f"SELECT id, status FROM peak_workflows WHERE {' AND '.join(where)}"
+                             " ORDER BY id", args).fetchall()
+    ids = [int(r[0]) for r in found
+           if not statuses or status(store, int(r[0]), str(r[1])) in statuses]
     if last_execution_statuses:
         wanted = set(last_execution_statuses)
         ids = [i for i in ids if (last_execution(store, i) or {}).get("status") in wanted]
@@ -241,4 +248,4 @@ def list_workflows(store: Store, *, statuses: list[str] | None = None,
 
 __all__ = ["STATUSES", "NameTaken", "Page", "PeakWorkflow", "by_name", "by_webhook", "create",
            "delete", "get", "last_execution", "list_workflows", "pause", "resume",
-           "running_executions", "search", "set_status", "update"]
+           "running_executions", "search", "set_status", "status", "update"]
