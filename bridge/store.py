@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX peak_workflows_status ON peak_workflows(status);
     """,
+    # 8: the output parameters a step left (Peak outputParameters: name → the file's text),
+    #    written in the transaction that records the step's end
+    """
+    ALTER TABLE activities ADD COLUMN outputs TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")
@@ -198,6 +203,8 @@ class ActivityRow:
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested: bool = False
+    outputs: dict[str, str] = field(default_factory=dict)
+    """Output parameters read from the job directory when the step ended."""
 
 
 @dataclass(frozen=True)
@@ -533,6 +540,7 @@ def _activity(r: sqlite3.Row, spec: Step) -> ActivityRow:
         reason=r["reason"], job_id=r["job_id"], created_at=datetime.fromisoformat(r["created_at"]),
         started_at=parse_iso(r["started_at"]), finished_at=parse_iso(r["finished_at"]),
         cancel_requested=bool(r["cancel_requested"]),
+        outputs=json.loads(r["outputs"]) if r["outputs"] else {},
     )
 
 

@@ -180,7 +180,8 @@ class ClusterWorker:
             if status is None:
                 continue
             if status.state.value != a.state.value or status.state.terminal:
-                recorded = record_observation(self.store, a, status, self.clock())
+                outputs = self._outputs(runtime, a) if status.state.terminal else None
+                recorded = record_observation(self.store, a, status, self.clock(), outputs)
                 changed = True
                 if status.state.terminal:
                     self._cancel_sent.discard(str(a.job_id))
@@ -192,6 +193,16 @@ class ClusterWorker:
     def closing_usage(self) -> None:
         """Between rounds, when the run is ending: ask for the awaited usage now."""
         self._usage(self._runtime(self.name), closing=True)
+
+    def _outputs(self, runtime: Runtime, attempt: AttemptRow) -> dict[str, str] | None:
+        """The output parameters an ended step left (read before its end is recorded)."""
+        wanted = self.store.activity(attempt.activity_id).spec.outputs
+        if not wanted:
+            return None
+        found = runtime.read_job_files(
+            TrackedJob(attempt.token, attempt.jobdir, attempt.job_id), list(wanted.values()))
+        return {name: found[file].decode("utf-8", "replace")
+                for name, file in wanted.items() if file in found}
 
     def _usage(self, runtime: Runtime, closing: bool = False) -> None:
         """Store the resource use accounting now has for attempts that ended without it."""

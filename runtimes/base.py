@@ -91,6 +91,18 @@ class RuntimeFailure(Exception):
     """A runtime could not do what was asked (the message says what to check)."""
 
 
+JOB_FILE_MAX = 64 * 1024
+"""Largest part of a job file (an output parameter) that is read back."""
+
+
+def checked_name(name: str) -> str:
+    """A file name inside a job directory: relative, no ``..`` part, no NUL."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\0" in name or ".." in parts:
+        raise ValueError(f"{name!r} is not a relative path inside the job directory")
+    return name
+
+
 class Runtime(ABC):
     """Submit, follow and cancel jobs on one cluster. All calls take many jobs at once."""
 
@@ -134,6 +146,16 @@ class Runtime(ABC):
     @abstractmethod
     def read_log(self, job: TrackedJob, stream: str = "out") -> bytes:
         """The job's stdout (``out``) or stderr (``err``) as far as it has been written."""
+
+    def read_job_files(self, job: TrackedJob, names: Sequence[str]) -> dict[str, bytes]:
+        """Files the job left in its directory, by name (relative, no ``..``), each cut at
+        :data:`JOB_FILE_MAX` bytes; absent ones are left out. One batch for all."""
+        paths = {f"{job.jobdir}/{checked_name(n)}": n for n in names}
+        return {paths[p]: data[:JOB_FILE_MAX] for p, data in self._read_paths(list(paths)).items()
+                if data is not None}
+
+    def _read_paths(self, paths: Sequence[str]) -> dict[str, bytes | None]:
+        raise NotImplementedError(f"{type(self).__name__} cannot read job files")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and processes the runtime holds."""

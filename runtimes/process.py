@@ -40,7 +40,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runtimes.base import JobRequest, JobState, JobStatus, Runtime, Submitted, TrackedJob
+from runtimes.base import (
+    JOB_FILE_MAX,
+    JobRequest,
+    JobState,
+    JobStatus,
+    Runtime,
+    Submitted,
+    TrackedJob,
+)
 from runtimes.config import ClusterConfig
 from runtimes.jobdir import SCRIPT_FILE, marker_path, parse_marker
 from runtimes.transport import LocalTransport
@@ -234,6 +242,16 @@ class ProcessRuntime(Runtime):
     def read_log(self, job: TrackedJob, stream: str = "out") -> bytes:
         path = Path(f"{job.jobdir}/local.{stream}")
         return path.read_bytes() if path.exists() else b""
+
+    def _read_paths(self, paths: Sequence[str]) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for path in paths:
+            try:
+                with open(path, "rb") as fh:
+                    out[path] = fh.read(JOB_FILE_MAX)
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                out[path] = None
+        return out
 
 
 def slurm_time_s(text: str) -> int | None:

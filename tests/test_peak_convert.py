@@ -14,7 +14,7 @@ from test_peak_definition import CRON, MANUAL, WEBHOOK
 
 from bridge.peak.convert import ConversionError, ExecuteRequest, retry_policy, to_workflow
 from bridge.peak.definition import RetryOptions, parse_definition
-from conftest import Harness
+from conftest import Harness, lab_cluster
 from runtimes.config import LOCAL
 
 
@@ -153,3 +153,41 @@ def test_a_converted_execution_runs_its_rules_on_the_local_runtime(
     h.run(wf_id, timeout=60)
     assert h.states(wf_id) == {"a": "FAILED", "b": "SKIPPED", "cleanup": "COMPLETED"}
     assert h.store.workflow(wf_id).state.value == "FAILED"
+
+
+def conditional_workflow() -> dict[str, Any]:
+    """a writes its answer; yes (equals "yes") runs, no (equals "no") is skipped, and so is
+    after_no, its dependent."""
+    def when(value: str) -> dict[str, Any]:
+        return {"conditional": [{"condition": "equals", "paramName": "answer",
+                                 "stepName": "a", "value": value}]}
+    return body({
+        "a": {"command": "echo yes > answer.txt",
+              "outputParameters": {"answer": "answer.txt"}},
+        "yes": {"parents": ["a"], "executionParameters": when("yes")},
+        "no": {"parents": ["a"], "executionParameters": when("no")},
+        "after_no": {"parents": ["no"]}})
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("slurm-ssh", marks=pytest.mark.slurm)])
+def test_output_parameters_drive_conditions(harness: Callable[..., Harness], tmp_path: Path,
+                                            where: str, request: pytest.FixtureRequest) -> None:
+    """On the local runtime, and on Slurm over SSH (the output file is read through the
+    cluster's transport)."""
+    if where == "local":
+        cluster = LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")})
+    else:
+        request.getfixturevalue("slurm_cluster")
+        cluster = lab_cluster("ssh", tmp_path)
+    h = harness(cluster)
+    wf = to_workflow(parse_definition(conditional_workflow()), Catalogue(cluster.name))
+    wf = wf.model_copy(update={"steps": tuple(s.model_copy(update={"image": None})
+                                              for s in wf.steps)})
+    wf_id = h.bridge.submit(wf)
+    h.run(wf_id, timeout=120)
+    assert h.states(wf_id) == {"a": "COMPLETED", "yes": "COMPLETED", "no": "SKIPPED",
+                               "after_no": "SKIPPED"}
+    acts = {a.name: a for a in h.store.activities(wf_id)}
+    assert acts["a"].outputs == {"answer": "yes\n"}
+    assert "condition a.answer equals 'no' not met ('yes')" in (acts["no"].reason or "")
+    assert h.store.workflow(wf_id).state.value == "COMPLETED"

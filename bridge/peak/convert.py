@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bridge.peak.catalogue import CatalogueError
 from bridge.peak.definition import Definition, RetryOptions
 from bridge.peak.definition import Step as PeakStep
 from bridge.spec.model import (
@@ -55,12 +56,9 @@ class Catalogue(Protocol):
     def instance_type(self, type_id: int) -> Shape: ...
 
 
-class ConversionError(ValueError):
-    """A definition that names something the catalogue does not have (``field``: its path)."""
-
-    def __init__(self, field_: str, message: str) -> None:
-        super().__init__(f"{field_}: {message}")
-        self.field, self.message = field_, message
+class ConversionError(CatalogueError):
+    """A definition that names something the catalogue (or the definition) does not have;
+    ``field``: its path, ``message``: what is wrong."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ row claimed by a conditional UPDATE inside it (never decided on from an earlier 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -20,13 +21,16 @@ log = structlog.get_logger("akobridge.record")
 
 def view(act: ActivityRow) -> ActivityView:
     return ActivityView(act.name, act.state, act.spec.parents, act.attempt, act.spec.retry,
-                        act.retry_at, act.spec.when)
+                        act.retry_at, act.spec.when, act.outputs)
 
 
 def record_observation(store: Store, attempt: AttemptRow, status: JobStatus,
-                       now: datetime) -> ActivityState | None:
+                       now: datetime, outputs: Mapping[str, str] | None = None,
+                       ) -> ActivityState | None:
     """Apply one job observation to its attempt and activity; the activity's new state, or
-    ``None`` when the attempt was no longer live (someone else recorded its end)."""
+    ``None`` when the attempt was no longer live (someone else recorded its end).
+    ``outputs``: the output parameters of an ended step, stored with its end (so no plan
+    sees the step ended without them)."""
     with store.transaction() as db:
         act = store.activity(attempt.activity_id)
         if (status.state.terminal and act.cancel_requested
@@ -56,6 +60,9 @@ def record_observation(store: Store, attempt: AttemptRow, status: JobStatus,
             (tr.state.value, status.exit_code, status.reason, iso(tr.retry_at), started,
              started, fallback, finished if tr.state.terminal else None, act.id, attempt.number),
         )
+        if tr.state.terminal and outputs is not None:
+            db.execute("UPDATE activities SET outputs=? WHERE id=?",
+                       (json.dumps(dict(outputs), sort_keys=True), act.id))
         if tr.state.terminal:
             emit_activity(store, db, act.workflow_id, act.id, attempt.cluster, now)
     log.info("job state", token=attempt.token, job=attempt.job_id, state=status.state.value,

@@ -106,6 +106,9 @@ class SlurmRuntime(Runtime):
         if job_ids:
             self._run(cmd.scancel_argv(list(job_ids)))
 
+    def _read_paths(self, paths: Sequence[str]) -> dict[str, bytes | None]:
+        return dict(self.transport.read_files(paths))
+
     def read_log(self, job: TrackedJob, stream: str = "out") -> bytes:
         if not job.job_id:
             return b""
