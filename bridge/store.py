@@ -146,6 +146,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE activities ADD COLUMN outputs TEXT;
     """,
+    # 9: Peak executions (bridge.peak.executions): each is one internal workflow; the
+    #    x-peak-requestId that started it (a retried execute finds it), when a stop was asked
+    """
+    CREATE TABLE peak_executions (
+        id TEXT PRIMARY KEY,
+        peak_workflow_id INTEGER NOT NULL REFERENCES peak_workflows(id) ON DELETE CASCADE,
+        workflow_id INTEGER NOT NULL UNIQUE REFERENCES workflows(id),
+        request_id TEXT UNIQUE,
+        trigger TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        stop_requested_at TEXT
+    );
+    CREATE INDEX peak_executions_by_workflow ON peak_executions(peak_workflow_id, created_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")

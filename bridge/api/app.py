@@ -193,7 +193,7 @@ def _is_unix(scope: Scope) -> bool:
 
 def create_app(ctx: ApiContext) -> FastAPI:
     """The app for one daemon (routers import lazily to keep this module small)."""
-    from bridge.api import akoflow, monitoring, peak
+    from bridge.api import akoflow, monitoring, peak, peak_executions
 
     app = FastAPI(title="akobridge", version=__version__,
                   description="AkoFlow-compatible intake, monitoring and webhooks of a Slurm "
@@ -225,6 +225,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         log.exception("request failed", path=req.url.path)
         return error_response(500, "internal error (logged by the daemon)")
 
+    # executions first: /workflows/executions/{id} would otherwise reach /workflows/{id}
+    app.include_router(peak_executions.router, responses=COMMON_ERRORS)
     app.include_router(peak.router, responses=COMMON_ERRORS)
     app.include_router(peak.side_router)
     app.include_router(akoflow.router, responses=COMMON_ERRORS)

@@ -160,9 +160,10 @@ def by_webhook(store: Store, webhook_id: str) -> PeakWorkflow | None:
 
 
 def running_executions(store: Store, wf_id: int) -> int:
-    """How many executions of ``wf_id`` are running or stopping (delete refuses while > 0).
-    Hook for the executions: none exist yet, so 0."""
-    return 0
+    """How many executions of ``wf_id`` are running or stopping (delete refuses while > 0)."""
+    from bridge.peak import executions
+
+    return executions.running(store, wf_id)
 
 
 def status(store: Store, wf_id: int, stored: str) -> str:
@@ -175,8 +176,15 @@ def status(store: Store, wf_id: int, stored: str) -> str:
 
 def last_execution(store: Store, wf_id: int) -> dict[str, Any] | None:
     """``{executionId, executedAt, status, rerunId}`` of the latest execution of ``wf_id``
-    (describe's and list's ``lastExecution``). Hook for the executions: ``None`` for now."""
-    return None
+    (describe's and list's ``lastExecution``)."""
+    from bridge.peak import executions
+
+    found = executions.listing(store, wf_id, statuses=[], since=None, until=None)
+    if not found:
+        return None
+    latest = found[0]
+    return {"executionId": latest.id, "executedAt": executions.stamp(latest.created_at),
+            "status": executions.status(store, latest), "rerunId": None}
 
 
 def delete(store: Store, wf_id: int) -> bool:
