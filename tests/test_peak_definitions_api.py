@@ -58,9 +58,8 @@ class Api:
         return [w["name"] for w in r.json()["workflows"]]
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    tmp = tmp_path_factory.mktemp("peak")
+def peak_daemon(tmp: Path) -> Iterator[Api]:
+    """A daemon with a token file and the shipped ``peak:`` block, as peak-sdk sees it."""
     tokens = tmp / "tokens"
     tokens.write_text(f"{TOKEN}\n")
     tokens.chmod(0o600)
@@ -69,6 +68,11 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         client = Api(daemon)
         yield client
         client.http.close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    yield from peak_daemon(tmp_path_factory.mktemp("peak"))
 
 
 def test_the_shipped_catalogue_covers_every_id_of_the_seed() -> None:

@@ -12,22 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import running_daemon
 from test_peak_definition import MANUAL
-from test_peak_definitions_api import SHIPPED_PEAK, TOKEN, Api
+from test_peak_definitions_api import Api, peak_daemon
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    tmp = tmp_path_factory.mktemp("peak-exec")
-    tokens = tmp / "tokens"
-    tokens.write_text(f"{TOKEN}\n")
-    tokens.chmod(0o600)
-    with running_daemon(tmp, {"api": {"token_file": str(tokens)},
-                              "peak": SHIPPED_PEAK}) as daemon:
-        client = Api(daemon)
-        yield client
-        client.http.close()
+    yield from peak_daemon(tmp_path_factory.mktemp("peak-exec"))
 
 
 def definition(name: str, steps: dict[str, dict[str, Any]], **top: Any) -> dict[str, Any]:

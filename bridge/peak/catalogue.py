@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bridge.peak.problems import FieldError
 from bridge.spec.quantities import parse_memory_mib
 
 if TYPE_CHECKING:
@@ -19,12 +20,8 @@ if TYPE_CHECKING:
 DEFAULT_STORAGE = "10GB"
 
 
-class CatalogueError(ValueError):
+class CatalogueError(FieldError):
     """An id the catalogue does not know (or a catalogue that contradicts itself)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
 
 
 @dataclass(frozen=True)

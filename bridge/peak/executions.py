@@ -18,6 +18,7 @@ from typing import Any
 from bridge.engine import ActivityState, WorkflowState
 from bridge.peak.convert import Catalogue, ExecuteRequest, to_workflow
 from bridge.peak.definition import Definition
+from bridge.peak.problems import FieldError
 from bridge.store import ActivityRow, Store, WorkflowRow, iso, now_utc, parse_iso
 
 HISTORY_DAYS = 90
@@ -35,12 +36,8 @@ STEP_STATUS = {
 ``Failed``."""
 
 
-class ExecuteError(ValueError):
+class ExecuteError(FieldError):
     """A bad execute body; ``field`` names the part."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
 
 
 @dataclass(frozen=True)

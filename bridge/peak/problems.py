@@ -18,6 +18,17 @@ from bridge.spec.errors import Loc, Problem, SpecError
 from runtimes import safety
 
 
+class FieldError(ValueError):
+    """One thing wrong, at one field path (``field``), said in ``message``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+    def detail(self) -> list[dict[str, str]]:
+        return [{"field": self.field, "message": self.message}]
+
+
 class DefinitionError(SpecError):
     """A Peak-style body that cannot be accepted; ``problems`` lists every reason."""
 
