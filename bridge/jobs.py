@@ -3,14 +3,18 @@ per attempt. The runtimes know nothing of workflows; this is where the two meet.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 from bridge.spec.model import Step, Workflow
 from runtimes.config import ClusterConfig
 from runtimes.render import JobSpec, Rendered, render
 
 
 def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jobdir: str,
-             attempt: int) -> JobSpec:
-    """What one attempt of ``step`` needs: the step's values, else the workflow's."""
+             attempt: int, secrets: Mapping[str, str] | None = None) -> JobSpec:
+    """What one attempt of ``step`` needs: the step's values, else the workflow's.
+    ``secrets``: the values of the step's secret names (placeholders when only checking)."""
     res = step.resources
     return JobSpec(
         workflow=workflow.name, workflow_id=workflow_id, activity=step.name, attempt=attempt,
@@ -20,12 +24,22 @@ def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jo
         binds=tuple(v.target for v in workflow.volumes),
         cpus=res.cpus, memory_mib=res.memory_mib, time_limit_s=res.time_limit_s,
         node_selector=dict(res.node_selector), env=dict(step.env),
+        secrets=dict(secrets) if secrets is not None
+        else dict.fromkeys(map(secret_env_name, step.secrets), ""),
     )
 
 
 def render_step(workflow: Workflow, step: Step, cluster: ClusterConfig, *, workflow_id: int,
-                token: str, jobdir: str, attempt: int) -> Rendered:
+                token: str, jobdir: str, attempt: int,
+                secrets: Mapping[str, str] | None = None) -> Rendered:
     """The job script of one attempt of ``step`` on ``cluster``."""
     job = job_spec(workflow, step, workflow_id=workflow_id, token=token, jobdir=jobdir,
-                   attempt=attempt)
+                   attempt=attempt, secrets=secrets)
     return render(job, cluster)
+
+
+def secret_env_name(name: str) -> str:
+    """The environment variable a secret reaches the job as: its name with every character
+    other than a letter, digit or ``_`` as ``_`` (``secret-1`` → ``secret_1``)."""
+    env = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return f"_{env}" if env[:1].isdigit() else env

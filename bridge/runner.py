@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -107,6 +107,9 @@ class Bridge:
         self._refused_until: dict[str, float] = {}
         self._stale: set[str] = set()
         """Clusters whose config changed while a round was using their runtime."""
+        self.secrets: Mapping[str, str] = {}
+        """Secret name → value, for steps that name secrets (the daemon's secrets file);
+        read at each submission, never stored."""
 
     @property
     def hold(self) -> bool:
@@ -155,7 +158,8 @@ class Bridge:
     def _lane(self, name: str) -> _Lane:
         if name not in self._lanes:
             store = Store(self.store.path, handed_over=True)  # the worker's own connection
-            worker = ClusterWorker(name, store, self.runtime, self.cluster, self.clock)
+            worker = ClusterWorker(name, store, self.runtime, self.cluster, self.clock,
+                                   secrets=lambda: self.secrets)
             self._lanes[name] = _Lane(worker, store)
         return self._lanes[name]
 

@@ -20,13 +20,13 @@ the controller has time to show a job it did accept.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
-from bridge.jobs import render_step
+from bridge.jobs import render_step, secret_env_name
 from bridge.phases.prepare import prepare, stage_out
 from bridge.phases.record import (
     record_never_submitted,
@@ -69,8 +69,10 @@ class ClusterWorker:
     """The rounds for one cluster; only ever called from one thread at a time."""
 
     def __init__(self, name: str, store: Store, runtime: Callable[[str], Runtime],
-                 cluster: Callable[[str], ClusterConfig], clock: Callable[[], datetime]) -> None:
+                 cluster: Callable[[str], ClusterConfig], clock: Callable[[], datetime],
+                 secrets: Callable[[], Mapping[str, str]] = dict) -> None:
         self.name = name
+        self._secrets = secrets
         self.store = store
         self._runtime = runtime
         self.cluster = cluster
@@ -220,6 +222,14 @@ class ClusterWorker:
         for a, _ in found:
             self._awaiting_usage.pop(a.id, None)
 
+    def _secret_values(self, names: tuple[str, ...]) -> dict[str, str]:
+        known = self._secrets()
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise RenderError(f"secret {missing[0]} is not in the daemon's secrets file "
+                              "(peak.secrets_file)")
+        return {secret_env_name(n): known[n] for n in names}
+
     # -- submit -------------------------------------------------------------------------------
     def _submit(self, runtime: Runtime, wf_ids: set[int]) -> bool:
         ready = [a for a in self.store.live_attempts(wf_ids, self.name)
@@ -234,12 +244,14 @@ class ClusterWorker:
             assert wf is not None  # attempts never outlive their workflow
             try:
                 rendered = render_step(wf.spec, act.spec, cluster, workflow_id=wf.id,
-                                       token=a.token, jobdir=a.jobdir, attempt=a.number)
+                                       token=a.token, jobdir=a.jobdir, attempt=a.number,
+                                       secrets=self._secret_values(act.spec.secrets))
             except RenderError as exc:
                 self.absent.discard(a.id)
                 record_never_submitted(self.store, a, JobState.FAILED, str(exc), self.clock())
                 continue
-            requests.append((a, JobRequest(a.token, a.jobdir, rendered.script, rendered.files)))
+            requests.append((a, JobRequest(a.token, a.jobdir, rendered.script, rendered.files,
+                                           rendered.private_files)))
         for start in range(0, len(requests), SUBMIT_CHUNK):
             chunk = requests[start:start + SUBMIT_CHUNK]
             by_token = {a.token: a for a, _ in chunk}

@@ -42,6 +42,23 @@ class JobRequest:
     jobdir: str
     script: str
     files: dict[str, bytes] = field(default_factory=dict)
+    private_files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """Files only the job's user may read (mode 0600): the step's secrets."""
+
+
+def write_job_files(transport: Transport, requests: Sequence[JobRequest],
+                    script_name: str) -> None:
+    """Every request's files and script in one write, then the private files (0600) in a
+    second one when there are any."""
+    files: dict[str, bytes] = {}
+    private: dict[str, bytes] = {}
+    for req in requests:
+        files.update(req.files)
+        files[f"{req.jobdir}/{script_name}"] = req.script.encode("utf-8")
+        private.update(req.private_files)
+    transport.write_files(files)
+    if private:
+        transport.write_files(private, mode=0o600)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from runtimes.base import (
     Runtime,
     Submitted,
     TrackedJob,
+    write_job_files,
 )
 from runtimes.config import ClusterConfig
 from runtimes.jobdir import SCRIPT_FILE, marker_path, parse_marker
@@ -88,9 +89,7 @@ class ProcessRuntime(Runtime):
         out = []
         for req in requests:
             try:
-                self.transport.write_files({
-                    **req.files, f"{req.jobdir}/{SCRIPT_FILE}": req.script.encode("utf-8"),
-                })
+                write_job_files(self.transport, [req], SCRIPT_FILE)
                 out.append(Submitted(req.token, self._spawn(req.jobdir)))
             except OSError as exc:
                 out.append(Submitted(req.token, None, f"cannot start job: {exc}"))

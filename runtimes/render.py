@@ -27,6 +27,11 @@ SELECTOR_OPTION = {
 }
 
 
+SECRETS_FILE = "secrets.env"
+SECRETS_LINE = f'. "$AKB_JOBDIR/{SECRETS_FILE}" && rm -f "$AKB_JOBDIR/{SECRETS_FILE}" || exit 1\n'
+"""The job reads its secrets into its environment and removes the file at once."""
+
+
 class RenderError(ValueError):
     """The step cannot become a job script on this cluster (the message says why)."""
 
@@ -55,6 +60,9 @@ class JobSpec:
     time_limit_s: int | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Environment variables whose values never enter the script: they go to a file of mode
+    0600 in the job directory that the job reads and deletes before the command runs."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class Rendered:
 
     script: str
     files: dict[str, bytes]
+    private_files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """Files of mode 0600 (the secrets)."""
 
 
 def job_token(instance: str, workflow_id: int, activity_id: int, attempt: int) -> str:
@@ -92,12 +102,20 @@ def render(job: JobSpec, cluster: ClusterConfig) -> Rendered:
         "activity": job.activity,
         "attempt": job.attempt,
         "prologue": cluster.prologue.rstrip("\n") + "\n" if cluster.prologue.strip() else "",
-        "env": "".join(f"export {k}={shlex.quote(v)}\n" for k, v in _env(job).items()),
+        "env": "".join(f"export {k}={shlex.quote(v)}\n" for k, v in _env(job).items())
+        + (SECRETS_LINE if job.secrets else ""),
         "command": _command(job, cluster),
     }
+    private = {}
+    if job.secrets:
+        for name in job.secrets:
+            _checked(job, safety.check_env_name, name, "secret")
+        private[f"{job.jobdir}/{SECRETS_FILE}"] = "".join(
+            f"export {k}={shlex.quote(v)}\n" for k, v in job.secrets.items()).encode("utf-8")
     return Rendered(
         script=_TEMPLATE.format(**fields),
         files={f"{job.jobdir}/{COMMAND_FILE}": job.run.encode("utf-8")},
+        private_files=private,
     )
 
 

@@ -258,6 +258,7 @@ class Daemon:
             self.store = Store(self.state_dir / paths.DB_NAME)
             self.bridge = Bridge(self.store, clusters, self.state_dir)
             self.bridge.raise_refusals = False
+            self.bridge.secrets = self.cfg.peak_secrets()  # mode checked; read again on SIGHUP
             return self._serve(bound, notifier)
 
     def _serve(self, bound: Bound, notifier: Any) -> int:
@@ -384,6 +385,11 @@ class Daemon:
         else:
             changed = self.bridge.reload(clusters)
             log.info("cluster configs reloaded", changed=changed, clusters=clusters.names())
+        try:
+            self.bridge.secrets = self.cfg.peak_secrets()
+        except DaemonConfigError as exc:
+            log.error("reload of the secrets file failed; keeping the old ones",
+                      error=str(exc))
         notifier.ready("reloaded")
 
 

@@ -111,6 +111,9 @@ class Step(_Frozen):
     when: RunWhen = RunWhen()
     outputs: dict[str, str] = Field(default_factory=dict)
     """Output parameter name → file (relative to the job directory) read after the step."""
+    secrets: tuple[str, ...] = ()
+    """Names of secrets (the daemon's secrets file) given to the job as environment
+    variables; their values are looked up at submission and never stored or rendered."""
     source: dict[str, object] = Field(default_factory=dict)
     """The step as the user wrote it (for AkoFlow's ``ResourceK8sBase64``)."""
 

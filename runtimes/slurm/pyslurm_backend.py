@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from runtimes.base import JobRequest, RuntimeFailure, Submitted
+from runtimes.base import JobRequest, RuntimeFailure, Submitted, write_job_files
 from runtimes.config import ClusterConfig
 from runtimes.jobdir import SCRIPT_FILE
 from runtimes.slurm import commands as cmd
@@ -183,12 +183,8 @@ class PyslurmRuntime(SlurmRuntime):
             else:
                 direct.append((req, kwargs))
         done = {s.token: s for s in super().submit(via_cli)} if via_cli else {}
-        files: dict[str, bytes] = {}
-        for req, _ in direct:
-            files.update(req.files)
-            files[f"{req.jobdir}/{SCRIPT_FILE}"] = req.script.encode("utf-8")
         try:
-            self.transport.write_files(files)
+            write_job_files(self.transport, [req for req, _ in direct], SCRIPT_FILE)
         except OSError as exc:
             for req, _ in direct:
                 done[req.token] = Submitted(req.token, None, f"cannot write job directory: {exc}")

@@ -27,7 +27,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from runtimes.base import JobRequest, JobState, JobStatus, Runtime, Submitted, TrackedJob
+from runtimes.base import (
+    JobRequest,
+    JobState,
+    JobStatus,
+    Runtime,
+    Submitted,
+    TrackedJob,
+    write_job_files,
+)
 from runtimes.config import ClusterConfig
 from runtimes.jobdir import SCRIPT_FILE, Marker, marker_path, parse_marker
 from runtimes.slurm import commands as cmd
@@ -80,12 +88,8 @@ class SlurmRuntime(Runtime):
         return self.transport.run(cmd.in_utc(argv), stdin=stdin)
 
     def submit(self, requests: Sequence[JobRequest]) -> list[Submitted]:
-        files: dict[str, bytes] = {}
-        for req in requests:
-            files.update(req.files)
-            files[f"{req.jobdir}/{SCRIPT_FILE}"] = req.script.encode("utf-8")
         try:  # a TransportError here propagates: nothing was submitted, try again later
-            self.transport.write_files(files)
+            write_job_files(self.transport, requests, SCRIPT_FILE)
         except OSError as exc:
             error = f"cannot write job directory: {exc}"
             return [Submitted(r.token, None, error) for r in requests]

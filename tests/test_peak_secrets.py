@@ -1,0 +1,67 @@
+"""Peak ``parameters.secrets``: values from the daemon's secrets file (mode 0600) reach the
+job's environment and nowhere else — not the job script, the store, the logs, the API replies
+or the daemon's own log; the file that carries them is gone once the job started."""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_helpers import running_daemon
+from test_peak_definitions_api import SHIPPED_PEAK, TOKEN, Api
+from test_peak_executions_api import definition, execute, wait
+
+VALUE = "s3cr3t-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def secret_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Path]]:
+    tmp = tmp_path_factory.mktemp("peak-secrets")
+    tokens, secrets = tmp / "tokens", tmp / "secrets"
+    tokens.write_text(f"{TOKEN}\n")
+    secrets.write_text(f"# for the test\nsecret-1={VALUE}\nother=x\n")
+    for f in (tokens, secrets):
+        f.chmod(0o600)
+    peak = copy.deepcopy(SHIPPED_PEAK)
+    peak["secrets_file"] = str(secrets)
+    with running_daemon(tmp, {"api": {"token_file": str(tokens)}, "peak": peak}) as daemon:
+        client = Api(daemon)
+        yield client, tmp
+        client.http.close()
+
+
+def test_a_secret_reaches_the_job_and_nothing_else(secret_api: tuple[Api, Path]) -> None:
+    api, tmp = secret_api
+    wf_id = api.create(definition("with-secret", {"use": {
+        "command": f'test "$secret_1" = {VALUE[:7]}"${{secret_1#{VALUE[:7]}}}" && '
+                   'echo "length ${#secret_1}"; ls "$AKB_JOBDIR"',
+        "parameters": {"secrets": ["secret-1"]}}}))
+    ex = execute(api, wf_id)
+    got = wait(api, wf_id, ex, {"Success", "Failed"})
+    assert got["status"] == "Success", got
+    logs = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
+                    params={"stepName": "use"}).json()
+    lines = [line["message"] for line in logs["logs"]]
+    assert f"length {len(VALUE)}" in lines
+    assert "secrets.env" not in lines  # removed before the command ran
+    replies = [api.call("GET", f"/workflows/{wf_id}").text, str(got), str(logs),
+               api.call("GET", f"/workflows/executions/{wf_id}").text]
+    assert not any(VALUE in r for r in replies)
+    leaks = [p for p in tmp.rglob("*") if p.is_file() and p.name != "secrets"
+             and VALUE.encode() in p.read_bytes()]
+    assert leaks == []  # not the job script, the store, the WAL, the logs, serve.log
+
+
+def test_an_unknown_secret_is_refused_at_execute(secret_api: tuple[Api, Path]) -> None:
+    api, _ = secret_api
+    wf_id = api.create(definition("missing-secret", {"use": {
+        "command": "true", "parameters": {"secrets": ["other", "nope"]}}}))
+    r = api.call("POST", f"/workflows/{wf_id}/execute", {})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"][0]["field"] == "steps.use.parameters.secrets[1]"
+    time.sleep(0.2)
+    assert api.call("GET", f"/workflows/executions/{wf_id}").json()["executionCount"] == 0
