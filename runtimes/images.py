@@ -56,8 +56,9 @@ def pull_script(image: str, cluster: ClusterConfig) -> str:
 
 
 def prepare_images(transport: Transport, cluster: ClusterConfig,
-                   images: Iterable[str]) -> list[str]:
-    """Check every image (one batched command), pull the missing URIs; the problems found.
+                   images: Iterable[str], fresh: Iterable[str] = ()) -> list[str]:
+    """Check every image (one batched command), pull the missing URIs — and the URIs in
+    ``fresh`` even when cached (Peak ``clearImageCache``); the problems found.
 
     A pull that outlives :data:`PULL_TIMEOUT_S` is a problem (not retried every cycle); an
     unreachable cluster raises :class:`TransportError` (nothing is recorded, try later).
@@ -68,8 +69,9 @@ def prepare_images(transport: Transport, cluster: ClusterConfig,
     paths = [image_path(i, cluster) for i in wanted]
     checks = transport.run_many([["test", "-f", p] for p in paths])
     problems: list[str] = []
+    again = {i for i in fresh if is_uri(i)}
     for image, path, res in zip(wanted, paths, checks, strict=True):
-        if res.ok:
+        if res.ok and image not in again:
             continue
         if not is_uri(image):
             problems.append(f"image {path} does not exist on cluster {cluster.name}")

@@ -66,3 +66,23 @@ def test_docker_images_are_pulled_once_into_the_cache(harness, devslurm: Cluster
     [attempt] = h.store.attempts(h.store.activities(wf_id)[0].id)
     argv = Path(attempt.jobdir, "container-argv").read_bytes().split(b"\0")
     assert str(cached).encode() in argv
+
+
+def test_a_fresh_image_step_pulls_again(harness, devslurm: ClusterConfig,
+                                        tmp_path: Path) -> None:
+    """Peak ``clearImageCache`` (Step.fresh_image): pulled even though the cache has it."""
+    from bridge.spec import parse_akoflow
+
+    cluster = with_standin(devslurm, tmp_path)
+    doc = ("name: f\nspec:\n  image: docker://alpine:3.20\n  activities:\n"
+           "    - name: a\n      run: echo a\n")
+    for fresh in (False, False, True):
+        h: Harness = harness(cluster)
+        wf = parse_akoflow(doc).workflow.model_copy(update={"runtime": cluster.name})
+        wf = wf.model_copy(update={"steps": tuple(s.model_copy(update={"fresh_image": fresh})
+                                                  for s in wf.steps)})
+        wf_id = h.bridge.submit(wf)
+        h.run(wf_id, timeout=60)
+        assert h.states(wf_id) == {"a": "COMPLETED"}
+    pulls = (tmp_path / "pulls.log").read_text().splitlines()
+    assert len(pulls) == 2  # the first workflow, then the fresh one (not the second)

@@ -145,6 +145,7 @@ def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
         retry=retry_policy(options), env=env, when=_when(step, chosen),
         outputs=dict(step.output_parameters or {}),
         secrets=tuple(step.parameters.secrets or []) if step.parameters else (),
+        fresh_image=bool(step.clear_image_cache),
         source=step.model_dump(mode="json", by_alias=True, exclude_none=True),
     )
 

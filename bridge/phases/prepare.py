@@ -54,12 +54,16 @@ def prepare(store: Store, wf: WorkflowRow, runtime: Callable[[str], Runtime],
         log.info("staged in", workflow=wf.id, source=v.source, target=v.target,
                  files=report.files_sent, bytes=report.bytes_sent)
     images: dict[str, set[str]] = defaultdict(set)
+    fresh: dict[str, set[str]] = defaultdict(set)
     for step in wf.spec.steps:
         image = step.image or wf.spec.image
         if image:
             images[step.runtime or wf.runtime].add(image)
+            if step.fresh_image:
+                fresh[step.runtime or wf.runtime].add(image)
     for name, wanted in images.items():
-        problems += prepare_images(runtime(name).transport, cluster(name), wanted)
+        problems += prepare_images(runtime(name).transport, cluster(name), wanted,
+                                   fresh.get(name, ()))
     at = now()
     with store.transaction() as db:
         if problems:

@@ -111,6 +111,9 @@ class Step(_Frozen):
     when: RunWhen = RunWhen()
     outputs: dict[str, str] = Field(default_factory=dict)
     """Output parameter name → file (relative to the job directory) read after the step."""
+    fresh_image: bool = False
+    """Pull the image again even when the cluster's cache has it (Peak ``clearImageCache``);
+    once per execution, before its first job."""
     secrets: tuple[str, ...] = ()
     """Names of secrets (the daemon's secrets file) given to the job as environment
     variables; their values are looked up at submission and never stored or rendered."""
