@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from bridge.spec.model import Step, Workflow
 from runtimes.config import ClusterConfig
 from runtimes.render import JobSpec, Rendered, render
+from runtimes.repository import REPO_DIR
 
 
 def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jobdir: str,
@@ -20,7 +21,8 @@ def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jo
         workflow=workflow.name, workflow_id=workflow_id, activity=step.name, attempt=attempt,
         token=token, jobdir=jobdir, run=step.run,
         image=step.image or workflow.image,
-        workdir=step.mount_path or workflow.mount_path,
+        workdir=step.mount_path or workflow.mount_path
+        or (f"{jobdir}/{REPO_DIR}" if step.repository else None),
         binds=tuple(v.target for v in workflow.volumes),
         cpus=res.cpus, memory_mib=res.memory_mib, time_limit_s=res.time_limit_s,
         node_selector=dict(res.node_selector), env=dict(step.env),

@@ -34,10 +34,12 @@ from bridge.phases.record import (
     record_submitted,
     record_usage,
 )
+from bridge.spec.model import Step
 from bridge.store import AttemptRow, Store
 from runtimes import JobRequest, JobState, Runtime, TrackedJob
 from runtimes.config import ClusterConfig
 from runtimes.render import RenderError
+from runtimes.repository import check_out
 from runtimes.transport import TransportError, TransportRefused
 
 log = structlog.get_logger("akobridge.worker")
@@ -222,6 +224,21 @@ class ClusterWorker:
         for a, _ in found:
             self._awaiting_usage.pop(a.id, None)
 
+    def _check_out(self, runtime: Runtime, step: Step, jobdir: str) -> None:
+        """The step's repository into its job directory (RenderError: the attempt fails)."""
+        repo = step.repository
+        if repo is None:
+            return
+        token = None
+        if repo.token_secret:
+            token = self._secrets().get(repo.token_secret)
+            if token is None:
+                raise RenderError(f"repository token secret {repo.token_secret} is not in "
+                                  "the daemon's secrets file (peak.secrets_file)")
+        problem = check_out(runtime.transport, repo.url, repo.branch, jobdir, token)
+        if problem:
+            raise RenderError(problem)
+
     def _secret_values(self, names: tuple[str, ...]) -> dict[str, str]:
         known = self._secrets()
         missing = [n for n in names if n not in known]
@@ -246,6 +263,7 @@ class ClusterWorker:
                 rendered = render_step(wf.spec, act.spec, cluster, workflow_id=wf.id,
                                        token=a.token, jobdir=a.jobdir, attempt=a.number,
                                        secrets=self._secret_values(act.spec.secrets))
+                self._check_out(runtime, act.spec, a.jobdir)
             except RenderError as exc:
                 self.absent.discard(a.id)
                 record_never_submitted(self.store, a, JobState.FAILED, str(exc), self.clock())

@@ -21,6 +21,7 @@ from bridge.peak.definition import Step as PeakStep
 from bridge.spec.model import (
     OutputCondition,
     ParentRule,
+    Repository,
     Resources,
     RetryPolicy,
     RunWhen,
@@ -146,6 +147,9 @@ def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
         outputs=dict(step.output_parameters or {}),
         secrets=tuple(step.parameters.secrets or []) if step.parameters else (),
         fresh_image=bool(step.clear_image_cache),
+        repository=Repository(url=step.repository.url, branch=step.repository.branch,
+                              token_secret=step.repository.token or None)
+        if step.repository else None,
         source=step.model_dump(mode="json", by_alias=True, exclude_none=True),
     )
 

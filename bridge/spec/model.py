@@ -86,6 +86,15 @@ class RunWhen(_Frozen):
     """With ``skip``: its dependents are skipped too."""
 
 
+class Repository(_Frozen):
+    """Code to check out into the job directory before the job (Peak ``repository``)."""
+
+    url: str
+    branch: str | None = None
+    token_secret: str | None = None
+    """The name of the secret holding the access token."""
+
+
 class Volume(_Frozen):
     """AkoFlow ``volumes: ["A:B"]``: ``source`` on the bridge host, ``target`` on the cluster."""
 
@@ -111,6 +120,8 @@ class Step(_Frozen):
     when: RunWhen = RunWhen()
     outputs: dict[str, str] = Field(default_factory=dict)
     """Output parameter name → file (relative to the job directory) read after the step."""
+    repository: Repository | None = None
+    """Checked out into ``<job dir>/repo`` before each attempt; the command runs there."""
     fresh_image: bool = False
     """Pull the image again even when the cluster's cache has it (Peak ``clearImageCache``);
     once per execution, before its first job."""

@@ -32,7 +32,7 @@ DBD_PORT=6819
 CTLD_PORT=6817
 SLURMD_PORT=6818
 PACKAGES=(munge slurmctld slurmd slurm-client libslurm-dev openssh-server openssh-client
-    slurmdbd mariadb-server mariadb-client systemd)
+    slurmdbd mariadb-server mariadb-client systemd git)
 
 SLURM_CONF_FILE=$LAB/slurm.conf
 DBD_CONF_FILE=$LAB/slurmdbd.conf

@@ -1,0 +1,108 @@
+"""Peak ``repository``: the step's code is cloned on the login node into its job directory
+before the job, the command runs inside it; a token (a stored secret) reaches git through a
+credential helper on stdin and nowhere else. A real git repository served over HTTP (git's
+"dumb" protocol) behind Basic auth."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_helpers import running_daemon
+from test_peak_definitions_api import SHIPPED_PEAK, TOKEN, Api
+from test_peak_executions_api import definition, execute, wait
+
+GIT_TOKEN = "ghp_" + uuid.uuid4().hex
+
+
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def served_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://127.0.0.1:PORT/code.git`` with branch ``main`` holding ``hello.txt``."""
+    root = tmp_path_factory.mktemp("git")
+    work = root / "work"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "hello.txt").write_text("hello from the repository\n")
+    git("add", "hello.txt", cwd=work)
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "one",
+        cwd=work)
+    git("clone", "-q", "--bare", str(work), str(root / "code.git"), cwd=root)
+    git("update-server-info", cwd=root / "code.git")
+    expected = "Basic " + base64.b64encode(f"x-access-token:{GIT_TOKEN}".encode()).decode()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *_args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/code.git"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def repo_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Path]]:
+    tmp = tmp_path_factory.mktemp("peak-repo")
+    tokens, secrets = tmp / "tokens", tmp / "secrets"
+    tokens.write_text(f"{TOKEN}\n")
+    secrets.write_text(f"github={GIT_TOKEN}\n")
+    for f in (tokens, secrets):
+        f.chmod(0o600)
+    peak = copy.deepcopy(SHIPPED_PEAK)
+    peak["secrets_file"] = str(secrets)
+    with running_daemon(tmp, {"api": {"token_file": str(tokens)}, "peak": peak}) as daemon:
+        client = Api(daemon)
+        yield client, tmp
+        client.http.close()
+
+
+def test_the_command_runs_in_the_checked_out_repository(
+        repo_api: tuple[Api, Path], served_repo: str) -> None:
+    api, tmp = repo_api
+    wf_id = api.create(definition("with-repo", {"code": {
+        "command": 'cat hello.txt; basename "$PWD"',
+        "repository": {"url": served_repo, "branch": "main", "token": "github"}}}))
+    ex = execute(api, wf_id)
+    got = wait(api, wf_id, ex, {"Success", "Failed"})
+    assert got["status"] == "Success", got["steps"][0]["output"]
+    page = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
+                    params={"stepName": "code"}).json()
+    assert [line["message"] for line in page["logs"]] == ["hello from the repository", "repo"]
+    leaks = [p for p in tmp.rglob("*") if p.is_file() and p.name != "secrets"
+             and GIT_TOKEN.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_a_wrong_branch_fails_the_step_with_gits_reason(
+        repo_api: tuple[Api, Path], served_repo: str) -> None:
+    api, _ = repo_api
+    wf_id = api.create(definition("bad-branch", {"code": {
+        "command": "true",
+        "repository": {"url": served_repo, "branch": "nope", "token": "github"}}}))
+    got = wait(api, wf_id, execute(api, wf_id), {"Success", "Failed"})
+    [step] = got["steps"]
+    assert got["status"] == "Failed" and step["status"] == "Failed"
+    assert "checking out" in step["output"]["message"] and "nope" in step["output"]["message"]
+    assert GIT_TOKEN not in str(got)
