@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from test_peak_definition import MANUAL
-from test_peak_definitions_api import Api, peak_daemon
+from test_peak_definitions_api import TOKEN, Api, peak_daemon
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +210,35 @@ def test_unknown_ids_are_404(api: Api) -> None:
     assert r.status_code == 404 and r.json()["detail"][0]["field"] == "executionId"
     assert api.call("GET", "/workflows/executions/999999").status_code == 404
 
+
+
+def test_a_reply_lost_after_execute_starts_one_execution(api: Api) -> None:
+    """The connection is cut before the reply (the client then resends with the same
+    x-peak-requestId, as peak-sdk's retries do): exactly one execution runs."""
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    wf_id = api.create(definition("exec-lost-reply", {"a": {"command": "sleep 1"}}))
+    request_id = str(uuid.uuid4())
+    url = urlsplit(api.daemon.url)
+    body = json.dumps({}).encode()
+    raw = (f"POST /workflows/api/v1/workflows/{wf_id}/execute HTTP/1.1\r\n"
+           f"Host: {url.hostname}\r\nAuthorization: {TOKEN}\r\n"
+           f"Content-Type: application/json\r\nx-peak-requestId: {request_id}\r\n"
+           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_RDWR)  # gone before any reply
+    deadline = time.monotonic() + 10  # the first request did start one
+    while time.monotonic() < deadline:
+        first = api.call("GET", f"/workflows/executions/{wf_id}").json()["executions"]
+        if first:
+            break
+        time.sleep(0.1)
+    assert len(first) == 1
+    ex = execute(api, wf_id, request_id=request_id)  # the retry
+    assert ex == first[0]["executionId"]
+    assert execute(api, wf_id, request_id=request_id) == ex
+    listing = api.call("GET", f"/workflows/executions/{wf_id}").json()
+    assert [e["executionId"] for e in listing["executions"]] == [ex]
