@@ -56,6 +56,9 @@ COMMON_ERRORS = errors(400, 401, 404, 413, 422)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 """Answered without a token: they tell nothing about workflows."""
+SIGNED_LOG_PREFIX = "/workflows/api/v1/log-downloads/"
+"""``GET <prefix><token>``: a step's log behind a signed, expiring token (peak-sdk fetches
+``downloadUrl`` without an auth header); the route checks the token, so no token here."""
 
 
 @dataclass
@@ -165,7 +168,7 @@ class Guard:
 
     def _refusal(self, scope: Scope) -> JSONResponse | None:
         """The 401 for a request that needs a token and has no good one."""
-        if scope["path"] in PUBLIC_PATHS or _is_unix(scope):
+        if scope["path"] in PUBLIC_PATHS or _is_unix(scope) or _signed_link(scope):
             return None
         server = scope.get("server") or ("", 0)
         if server[1] in self.ctx.tokenless_ports:
@@ -184,6 +187,14 @@ class Guard:
             {"field": "Authorization", "message": "send `Authorization: Bearer <token>` (or "
              "the raw token) with a token from the daemon's api.token_file"}],
             headers={"WWW-Authenticate": "Bearer"})
+
+
+def _signed_link(scope: Scope) -> bool:
+    """A GET of exactly one segment under :data:`SIGNED_LOG_PREFIX` (nothing deeper)."""
+    path: str = scope["path"]
+    rest = path[len(SIGNED_LOG_PREFIX):]
+    return (scope["method"] in ("GET", "HEAD") and path.startswith(SIGNED_LOG_PREFIX)
+            and bool(rest) and "/" not in rest)
 
 
 def _is_unix(scope: Scope) -> bool:

@@ -1,21 +1,25 @@
 """Peak executions under ``/workflows/api/v1``: execute (idempotent per
 ``x-peak-requestId``), list (``/workflows/executions/{id}``, the client's path order),
-details, logs paged with ``nextToken``, and stop (``Stopping`` until the jobs are gone, then
-``Stopped``)."""
+details, logs paged with ``nextToken``, a signed ``downloadUrl`` for a step's whole log (fetched
+without a token), and stop (``Stopping`` until the jobs are gone, then ``Stopped``)."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 
-from bridge.api.app import MAX_ID, WorkflowId, context, errors
+from bridge.api.app import MAX_ID, SIGNED_LOG_PREFIX, WorkflowId, context, errors
 from bridge.api.peak import MAX_PAGE, ExecutionStatus, RequestId, _db, _not_found
-from bridge.peak import executions
+from bridge.peak import executions, signed
 from bridge.peak import store as peak_store
 from bridge.peak.catalogue import CatalogueError
 from bridge.peak.executions import ExecuteError, Execution
@@ -23,7 +27,8 @@ from bridge.service import ServiceError
 from bridge.store import Store
 
 router = APIRouter(prefix="/workflows/api/v1", tags=["Peak"])
-
+T = TypeVar("T")
+StepName = Annotated[str, Query(alias="stepName", min_length=1, max_length=200)]
 
 
 def _no_execution(execution_id: str) -> ServiceError:
@@ -136,7 +141,7 @@ async def stop_execution(request: Request, workflow_id: WorkflowId,
 @router.get("/workflows/{workflow_id}/executions/{execution_id}/logs")
 async def execution_logs(
     request: Request, workflow_id: WorkflowId, execution_id: str,
-    step_name: str = Query(alias="stepName", min_length=1, max_length=200),
+    step_name: StepName,
     next_token: str | None = Query(None, alias="nextToken", max_length=40),
 ) -> dict[str, Any]:
     """A page of a step's output: ``{logs: [{message, timestamp (ms)}], nextToken,
@@ -163,13 +168,62 @@ async def execution_logs(
                 "nextToken": None if done else str(offset + used),
                 "stepRunStatus": executions.step_status(act)}
 
+    return await _step_call(request, step_name, read)
+
+
+async def _step_call(request: Request, step_name: str, fn: Callable[[Store], T]) -> T:
+    """``fn(store)`` on a worker thread, an unknown step a 404 naming ``stepName``."""
     try:
-        return await _db(request, read)
+        return await _db(request, fn)
     except ServiceError as exc:
         if exc.detail and exc.detail[0].get("field") == "name":
             raise ServiceError(404, f"no step {step_name!r} in this execution", [
                 {"field": "stepName", "message": "unknown step"}]) from None
         raise
+
+
+def _link_key(request: Request) -> bytes:
+    """The daemon's link key (state dir, 0600), read once per app."""
+    state = request.app.state
+    key: bytes | None = getattr(state, "peak_link_key", None)
+    if key is None:
+        key = state.peak_link_key = signed.load_key(context(request).service.bridge.state_dir)
+    return key
+
+
+@router.get("/workflows/{workflow_id}/executions/{execution_id}/logs/download")
+async def execution_logs_download(request: Request, workflow_id: WorkflowId,
+                                  execution_id: str, step_name: StepName) -> dict[str, Any]:
+    """``{downloadUrl}``: a link to the step's whole log, signed and valid for
+    five minutes, that needs no auth header (peak-sdk fetches it bare)."""
+    ex, _ = await _execution(request, workflow_id, execution_id)
+    service = context(request).service
+    await _step_call(request, step_name, lambda _s: service.activity(ex.workflow_id, step_name))
+    token = await run_in_threadpool(
+        lambda: signed.sign(_link_key(request), workflow_id, execution_id, step_name))
+    return {"downloadUrl": str(request.url_for("download_log", token=token))}
+
+
+@router.get(SIGNED_LOG_PREFIX.removeprefix(router.prefix) + "{token}",
+            response_class=PlainTextResponse, responses=errors(403))
+async def download_log(request: Request, token: str) -> PlainTextResponse:
+    """The step's whole log as text, for a token from ``…/logs/download`` (403 when it is
+    forged or expired; no auth header needed)."""
+    try:
+        link = signed.verify(await run_in_threadpool(_link_key, request), token)
+    except signed.LinkError as exc:
+        raise ServiceError(403, str(exc), [
+            {"field": "token", "message": "ask …/logs/download for a fresh downloadUrl"}]) from None
+    ex, _ = await _execution(request, link.workflow_id, link.execution_id)
+    service = context(request).service
+
+    def whole(_store: Store) -> str:
+        text: str = service.read_log(ex.workflow_id, link.step, "out", 0,
+                                     limit=sys.maxsize)["data"]
+        return text
+
+    text = await _step_call(request, link.step, whole)
+    return PlainTextResponse(text, headers={"Cache-Control": "no-store"})
 
 
 def _offset(token: str | None) -> int:
