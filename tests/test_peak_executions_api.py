@@ -242,3 +242,19 @@ def test_a_reply_lost_after_execute_starts_one_execution(api: Api) -> None:
     assert execute(api, wf_id, request_id=request_id) == ex
     listing = api.call("GET", f"/workflows/executions/{wf_id}").json()
     assert [e["executionId"] for e in listing["executions"]] == [ex]
+
+
+def test_a_step_over_its_step_timeout_fails(api: Api) -> None:
+    """stepTimeout seconds → the job's time limit (Slurm counts whole minutes: 1 s → 1 min);
+    the step ends Failed with the time-limit reason, its dependents are skipped."""
+    wf_id = api.create(definition("exec-timeout", {
+        "slow": {"command": "sleep 300", "stepTimeout": 1},
+        "after": {"command": "true", "parents": ["slow"]}}))
+    began = time.monotonic()
+    got = wait(api, wf_id, execute(api, wf_id), {"Success", "Failed"}, timeout=150)
+    steps = steps_of(got)
+    assert got["status"] == "Failed"
+    assert steps["slow"]["status"] == "Failed" and "time limit" in steps["slow"]["output"][
+        "message"]
+    assert steps["after"]["status"] == "Skipped"
+    assert 55 <= time.monotonic() - began < 140
