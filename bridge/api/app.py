@@ -193,7 +193,7 @@ def _signed_link(scope: Scope) -> bool:
     """A GET of exactly one segment under :data:`SIGNED_LOG_PREFIX` (nothing deeper)."""
     path: str = scope["path"]
     rest = path[len(SIGNED_LOG_PREFIX):]
-    return (scope["method"] in ("GET", "HEAD") and path.startswith(SIGNED_LOG_PREFIX)
+    return (scope["method"] == "GET" and path.startswith(SIGNED_LOG_PREFIX)
             and bool(rest) and "/" not in rest)
 
 
