@@ -1,0 +1,101 @@
+"""Peak executions on the real Slurm cluster: every step is a Slurm job (its id in the
+details, its record in sacct); stop → Stopping → Stopped with the jobs gone from squeue."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from daemon_helpers import running_daemon
+from test_peak_definitions_api import TOKEN, Api
+from test_peak_executions_api import definition, details, execute, steps_of, wait
+
+from conftest import lab_cluster, slurm_env
+
+pytestmark = pytest.mark.slurm
+
+PEAK = {"images": [{"id": 1, "version": 1, "image": "docker://alpine:3.20"}],
+        "instance_types": [{"id": 31, "cluster": "devslurm", "cpus": 1, "memory": "256Mi"}],
+        "defaults": {"instance_type": 31, "storage": "1GB"}}
+
+
+@pytest.fixture(scope="module")
+def slurm_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    subprocess.run(["sinfo", "-h"], env=slurm_env(), check=True, capture_output=True)
+    tmp = tmp_path_factory.mktemp("peak-slurm")
+    clusters = tmp / "clusters"
+    clusters.mkdir()
+    cluster = lab_cluster("local", tmp)
+    (clusters / "devslurm.yaml").write_text(
+        yaml.safe_dump(cluster.model_dump(mode="json", exclude_none=True)))
+    tokens = tmp / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    tokens.chmod(0o600)
+    with running_daemon(tmp, {"api": {"token_file": str(tokens)}, "peak": PEAK}) as daemon:
+        client = Api(daemon)
+        yield client
+        client.http.close()
+
+
+def squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "--me", "-h", "-o", "%i"], env=slurm_env(), text=True,
+                         capture_output=True, check=True).stdout
+    return set(out.split())
+
+
+def test_each_step_is_a_slurm_job(slurm_api: Api) -> None:
+    wf_id = slurm_api.create(definition("slurm-steps", {
+        "first": {"imageId": 1, "imageVersionId": 1, "resources": {"instanceTypeId": 31},
+                  "command": "echo on $(hostname)"},
+        "second": {"imageId": 1, "imageVersionId": 1, "resources": {"instanceTypeId": 31},
+                   "command": "echo second", "parents": ["first"]}}))
+    ex = execute(slurm_api, wf_id)
+    got = wait(slurm_api, wf_id, ex, {"Success", "Failed"}, timeout=120)
+    assert got["status"] == "Success", got["steps"]
+    ids = [s["jobId"] for s in got["steps"]]
+    assert all(i and i.isdigit() for i in ids) and len(set(ids)) == 2
+    sacct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State"],
+                           env=slurm_env(), text=True, capture_output=True, check=True).stdout
+    assert sorted(line.split("|")[1] for line in sacct.split()) == ["COMPLETED", "COMPLETED"]
+
+
+def test_stop_cancels_the_jobs_in_slurm(slurm_api: Api) -> None:
+    wf_id = slurm_api.create(definition("slurm-stop", {
+        "long": {"imageId": 1, "imageVersionId": 1, "resources": {"instanceTypeId": 31},
+                 "command": "sleep 300"}}))
+    ex = execute(slurm_api, wf_id)
+    deadline = time.monotonic() + 60
+    while True:
+        step = steps_of(details(slurm_api, wf_id, ex))["long"]
+        if step["status"] == "Running" and step["jobId"] and step["jobId"] in squeue_ids():
+            break
+        assert time.monotonic() < deadline, step
+        time.sleep(0.3)
+    job = step["jobId"]
+    r = slurm_api.call("POST", f"/workflows/{wf_id}/executions/{ex}/stop")
+    assert r.status_code == 200
+    assert details(slurm_api, wf_id, ex)["status"] in ("Stopping", "Stopped")
+    got = wait(slurm_api, wf_id, ex, {"Stopped"}, timeout=60)
+    assert steps_of(got)["long"]["status"] == "Stopped"
+    assert job not in squeue_ids()
+
+
+def test_the_jobs_have_the_instance_types_shape(slurm_api: Api) -> None:
+    wf_id = slurm_api.create(definition("slurm-shape", {
+        "a": {"imageId": 1, "imageVersionId": 1, "resources": {"instanceTypeId": 31},
+              "command": "true"}}))
+    got = wait(slurm_api, wf_id, execute(slurm_api, wf_id), {"Success", "Failed"},
+               timeout=120)
+    job = got["steps"][0]["jobId"]
+    deadline = time.monotonic() + 20
+    tres = ""
+    while "cpu=" not in tres and time.monotonic() < deadline:  # accounting lags a moment
+        tres = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "ReqTRES"],
+                              env=slurm_env(), text=True, capture_output=True,
+                              check=True).stdout.strip()
+        time.sleep(0.5)
+    asked = dict(kv.split("=") for kv in tres.split(","))
+    assert (asked["cpu"], asked["mem"]) == ("1", "256M")
