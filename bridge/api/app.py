@@ -76,6 +76,9 @@ class ApiContext:
     redeliver: Callable[[int], bool] | None = None
     catalogue: Catalogue = EMPTY
     """The Peak-style service's images and instance types (the config's ``peak:``)."""
+    on_definition_change: Callable[[int], None] = lambda _wf_id: None
+    """Called with a Peak definition's id after create, PUT, delete, pause and resume (the
+    daemon re-reads its cron trigger)."""
 
 
 def error_response(status: int, error: str, detail: list[dict[str, Any]] | None = None,
@@ -204,7 +207,7 @@ def _is_unix(scope: Scope) -> bool:
 
 def create_app(ctx: ApiContext) -> FastAPI:
     """The app for one daemon (routers import lazily to keep this module small)."""
-    from bridge.api import akoflow, monitoring, peak, peak_executions
+    from bridge.api import akoflow, monitoring, peak, peak_executions, peak_triggers
 
     app = FastAPI(title="akobridge", version=__version__,
                   description="AkoFlow-compatible intake, monitoring and webhooks of a Slurm "
@@ -238,6 +241,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     # executions first: /workflows/executions/{id} would otherwise reach /workflows/{id}
     app.include_router(peak_executions.router, responses=COMMON_ERRORS)
+    app.include_router(peak_triggers.router, responses=COMMON_ERRORS)
     app.include_router(peak.router, responses=COMMON_ERRORS)
     app.include_router(peak.side_router)
     app.include_router(akoflow.router, responses=COMMON_ERRORS)

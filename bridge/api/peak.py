@@ -57,6 +57,11 @@ async def _db(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any)
     return await run_in_threadpool(lambda: fn(service.store, *args, **kwargs))
 
 
+async def _changed(request: Request, wf_id: int) -> None:
+    """Tell the daemon definition ``wf_id`` changed (its cron job is re-read)."""
+    await run_in_threadpool(context(request).on_definition_change, wf_id)
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -155,6 +160,7 @@ async def create_workflow(request: Request, request_id: RequestId = None) -> dic
                           modified_by=MODIFIED_BY)
     except peak_store.NameTaken as exc:
         raise _name_taken(exc) from None
+    await _changed(request, wf.id)
     return {"id": wf.id,
             "triggers": describe_json(wf.definition, webhook_id=wf.webhook_id)["triggers"]}
 
@@ -169,6 +175,7 @@ async def update_workflow(request: Request, workflow_id: WorkflowId) -> dict[str
         raise _name_taken(exc) from None
     if wf is None:
         raise _not_found(workflow_id)
+    await _changed(request, wf.id)
     return {"id": wf.id,
             "triggers": describe_json(wf.definition, webhook_id=wf.webhook_id)["triggers"]}
 
@@ -197,24 +204,27 @@ async def delete_workflow(request: Request, workflow_id: WorkflowId) -> dict[str
     if running:
         raise ServiceError(409, f"workflow {workflow_id} has {running} running execution(s)", [
             {"field": "workflowId", "message": "stop its executions first"}])
+    await _changed(request, workflow_id)
     return {}
 
 
 async def _set_status(request: Request, workflow_id: int, status: str) -> dict[str, Any]:
     if await _db(request, peak_store.set_status, workflow_id, status) is None:
         raise _not_found(workflow_id)
+    await _changed(request, workflow_id)
     return {}
 
 
 @router.post("/workflows/{workflow_id}/pause")
 async def pause_workflow(request: Request, workflow_id: WorkflowId) -> dict[str, Any]:
-    """Pause the workflow's cron trigger: ``{}`` (already paused: the same)."""
+    """Pause the workflow's cron trigger (no slot fires while paused) and its webhook (409):
+    ``{}`` (already paused: the same)."""
     return await _set_status(request, workflow_id, "Paused")
 
 
 @router.post("/workflows/{workflow_id}/resume")
 async def resume_workflow(request: Request, workflow_id: WorkflowId) -> dict[str, Any]:
-    """Resume a paused workflow: ``{}``."""
+    """Resume a paused workflow (its cron fires again from the next slot): ``{}``."""
     return await _set_status(request, workflow_id, "Available")
 
 

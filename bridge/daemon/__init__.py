@@ -6,7 +6,9 @@ pings the systemd watchdog only when the cycle and the API loop both made progre
 serves the API on its own thread and event loop; each cluster's rounds run on the cluster's
 own thread (:mod:`bridge.runner`); webhook delivery has a thread per destination; the spool
 scan and the metrics refresh are APScheduler jobs. SIGTERM/SIGINT stop cleanly (Slurm jobs
-keep running and are picked up after a restart), SIGHUP reloads the cluster configs.
+keep running and are picked up after a restart), SIGHUP reloads the cluster configs. Peak
+cron triggers are jobs of the same scheduler, rebuilt from the store at start
+(:mod:`bridge.peak.triggers`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from bridge.changes import ChangeFeed
 from bridge.daemon.config import DaemonConfig, DaemonConfigError, Listener
 from bridge.daemon.metrics import BridgeCollector
 from bridge.owner import StateDirLock
+from bridge.peak.triggers import CronTriggers
 from bridge.runner import Bridge
 from bridge.service import Service, ServiceError
 from bridge.store import Store
@@ -278,6 +281,8 @@ class Daemon:
         api = ApiThread(create_app(ctx), bound.sockets, ctx)
         delivery = webhooks.DeliveryLoop(self.store.path, settings)
         scheduler = self._scheduler(service)
+        cron = CronTriggers(scheduler, service, self.catalogue)
+        ctx.on_definition_change = cron.sync
         feed = ChangeFeed(self.store)
         collector = BridgeCollector(self.bridge, self.store.path)
         collector.register()
@@ -289,6 +294,7 @@ class Daemon:
             time.sleep(0.01)
         delivery.start()
         scheduler.start()
+        cron.start()  # the Peak cron jobs, from the store
         for w in self.warnings:
             log.warning(w)
         log.info("serving", listen=bound.addresses, state_dir=str(self.state_dir),
