@@ -160,6 +160,32 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX peak_executions_by_workflow ON peak_executions(peak_workflow_id, created_at);
     """,
+    # 10: Peak watcher notifications (bridge.peak.watchers): one row per (execution, watcher,
+    #     event), written in the transaction that queues it (with its outbox event: a
+    #     webhook's delivery, or an e-mail's place in the queue with its tries), so each is
+    #     queued once; watched_at: the execution's end was looked at (executions that had
+    #     ended before this migration count as looked at: no burst of old notifications)
+    """
+    ALTER TABLE peak_executions ADD COLUMN watched_at TEXT;
+    UPDATE peak_executions SET watched_at=created_at
+        WHERE workflow_id IN (SELECT id FROM workflows WHERE state!='RUNNING');
+    CREATE INDEX peak_executions_unwatched ON peak_executions(id) WHERE watched_at IS NULL;
+    CREATE TABLE peak_notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        execution_id TEXT NOT NULL REFERENCES peak_executions(id) ON DELETE CASCADE,
+        watcher INTEGER NOT NULL,
+        event TEXT NOT NULL CHECK (event IN ('success', 'fail', 'runtimeExceeded')),
+        kind TEXT NOT NULL CHECK (kind IN ('webhook', 'email', 'user')),
+        event_id INTEGER NOT NULL,
+        recipients TEXT NOT NULL DEFAULT '[]',
+        subject TEXT, body TEXT,
+        state TEXT NOT NULL CHECK (state IN ('outbox', 'pending', 'sent', 'dead')),
+        tries INTEGER NOT NULL DEFAULT 0, next_try_at TEXT, last_error TEXT, sent_at TEXT,
+        created_at TEXT NOT NULL,
+        UNIQUE (execution_id, watcher, event)
+    );
+    CREATE INDEX peak_notifications_due ON peak_notifications(state, next_try_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from daemon_helpers import Daemon, running_daemon
+from daemon_helpers import Daemon, _merge, running_daemon
 from test_peak_definition import CRON, MANUAL, UPDATED, WEBHOOK
 
 from bridge.daemon.config import DaemonConfigError, config_from_mapping
@@ -58,13 +58,14 @@ class Api:
         return [w["name"] for w in r.json()["workflows"]]
 
 
-def peak_daemon(tmp: Path) -> Iterator[Api]:
-    """A daemon with a token file and the shipped ``peak:`` block, as peak-sdk sees it."""
+def peak_daemon(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[Api]:
+    """A daemon with a token file and the shipped ``peak:`` block, as peak-sdk sees it;
+    ``extra`` is merged into the config (nested mappings key by key)."""
     tokens = tmp / "tokens"
     tokens.write_text(f"{TOKEN}\n")
     tokens.chmod(0o600)
-    with running_daemon(tmp, {"api": {"token_file": str(tokens)},
-                              "peak": SHIPPED_PEAK}) as daemon:
+    config = _merge({"api": {"token_file": str(tokens)}, "peak": SHIPPED_PEAK}, extra or {})
+    with running_daemon(tmp, config) as daemon:
         client = Api(daemon)
         yield client
         client.http.close()

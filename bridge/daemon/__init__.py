@@ -280,7 +280,7 @@ class Daemon:
                          catalogue=self.catalogue)
         api = ApiThread(create_app(ctx), bound.sockets, ctx)
         delivery = webhooks.DeliveryLoop(self.store.path, settings)
-        scheduler = self._scheduler(service)
+        scheduler = self._scheduler(service, delivery)
         cron = CronTriggers(scheduler, service, self.catalogue)
         ctx.on_definition_change = cron.sync
         feed = ChangeFeed(self.store)
@@ -322,11 +322,25 @@ class Daemon:
                         lst.path.unlink()
         return code
 
-    def _scheduler(self, service: Service) -> Any:
+    def _scheduler(self, service: Service, delivery: Any = None) -> Any:
         from apscheduler.schedulers.background import BackgroundScheduler
+
+        from bridge.notify.email import EmailSettings, Mailer
+        from bridge.peak.watchers import ScanJob
 
         scheduler = BackgroundScheduler(daemon=True, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+        watch = ScanJob(self.store.path, minute_s=self.cfg.peak.minute_s,
+                        secrets=lambda: self.bridge.secrets,
+                        poke=delivery.poke if delivery is not None else None)
+        scheduler.add_job(watch, "interval", seconds=1, id="peak-watchers")
+        try:
+            mail = EmailSettings.from_daemon(self.cfg)
+        except ValueError as exc:
+            raise ServeError(str(exc)) from None
+        if mail is not None:  # without smtp.host, watcher e-mails stay queued
+            scheduler.add_job(Mailer(self.store.path, mail), "interval", seconds=1,
+                              id="email")
         if self.cfg.spool.dir is not None:
             from bridge.spool import SpoolIntake
 

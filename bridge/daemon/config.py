@@ -271,6 +271,8 @@ class PeakSettings(_Strict):
     """Default: the first instance type and 10GB."""
     secrets_file: Path | None = None
     """``parameters.secrets`` values: ``NAME=value`` lines (``#`` comments), mode 0600."""
+    minute_s: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds in a minute of watchers' ``runtimeExceeded`` (only tests shorten it)."""
 
 
 class DaemonConfig(_Strict):
