@@ -26,6 +26,7 @@ def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jo
         binds=tuple(v.target for v in workflow.volumes),
         cpus=res.cpus, memory_mib=res.memory_mib, time_limit_s=res.time_limit_s,
         node_selector=dict(res.node_selector), env=dict(step.env),
+        merge_stderr=step.merge_stderr,
         secrets=dict(secrets) if secrets is not None
         else dict.fromkeys(map(secret_env_name, step.secrets), ""),
     )

@@ -60,6 +60,8 @@ class JobSpec:
     time_limit_s: int | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    merge_stderr: bool = False
+    """The command's stderr into the job's stdout file (one log stream)."""
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Environment variables whose values never enter the script: they go to a file of mode
     0600 in the job directory that the job reads and deletes before the command runs."""
@@ -104,7 +106,7 @@ def render(job: JobSpec, cluster: ClusterConfig) -> Rendered:
         "prologue": cluster.prologue.rstrip("\n") + "\n" if cluster.prologue.strip() else "",
         "env": "".join(f"export {k}={shlex.quote(v)}\n" for k, v in _env(job).items())
         + (SECRETS_LINE if job.secrets else ""),
-        "command": _command(job, cluster),
+        "command": _command(job, cluster) + (" 2>&1" if job.merge_stderr else ""),
     }
     private = {}
     if job.secrets:

@@ -5,6 +5,7 @@ delays, conditions and parentStatus, bad execute bodies."""
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from collections.abc import Iterator
@@ -179,7 +180,13 @@ def test_steps_to_run_and_params(api: Api) -> None:
 
 
 def test_the_seeds_manual_body_executes(api: Api) -> None:
-    wf_id = api.create(MANUAL[0], name="seed-manual-exec")
+    """As written, but its repositories point at a closed local port: a test reaches no
+    outside host (the checkout then fails at once, failing those steps)."""
+    seed = copy.deepcopy(MANUAL[0])
+    for step in seed["steps"].values():
+        if "repository" in step:
+            step["repository"]["url"] = "http://127.0.0.1:9/org/repo"
+    wf_id = api.create(seed, name="seed-manual-exec")
     ex = execute(api, wf_id)
     got = wait(api, wf_id, ex, {"Success", "Failed"})
     assert {s["name"] for s in got["steps"]} == set(MANUAL[0]["steps"])
@@ -258,3 +265,13 @@ def test_a_step_over_its_step_timeout_fails(api: Api) -> None:
         "message"]
     assert steps["after"]["status"] == "Skipped"
     assert 55 <= time.monotonic() - began < 140
+
+
+def test_a_steps_log_holds_its_stderr_too(api: Api) -> None:
+    wf_id = api.create(definition("exec-stderr", {
+        "both": {"command": "echo to-out; echo to-err >&2; sleep 0.2; echo out-again"}}))
+    ex = execute(api, wf_id)
+    wait(api, wf_id, ex, {"Success", "Failed"})
+    page = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
+                    params={"stepName": "both"}).json()
+    assert [line["message"] for line in page["logs"]] == ["to-out", "to-err", "out-again"]

@@ -62,8 +62,7 @@ async def execute_workflow(request: Request, workflow_id: WorkflowId,
             return None
         return executions.execute(
             store, lambda w, key: service.bridge.submit(w, key, store=store), ctx.catalogue,
-            wf.id, wf.definition, body, request_id=request_id,
-            secrets=service.bridge.secrets.keys())
+            wf.id, wf.definition, body, request_id=request_id)
 
     try:
         execution_id = await _db(request, start)

@@ -11,7 +11,7 @@ Images and instance types come from the daemon's catalogue (``peak:`` in its con
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,20 +73,12 @@ class ExecuteRequest:
 
 
 def to_workflow(defn: Definition, catalogue: Catalogue,
-                request: ExecuteRequest | None = None,
-                secrets: Collection[str] | None = None) -> Workflow:
+                request: ExecuteRequest | None = None) -> Workflow:
     """The workflow one execution runs (only the selected steps, when ``stepsToRun`` says).
-    ``secrets``: the secret names the daemon has (a step naming another is refused)."""
+    Secret names are not checked here: a step naming a secret the daemon lacks fails at its
+    submission, saying which (the execution itself runs)."""
     request = request or ExecuteRequest()
     chosen = selected(defn, request.steps_to_run)
-    if secrets is not None:
-        for name in chosen:
-            params = defn.steps[name].parameters
-            for i, secret in enumerate(params.secrets or [] if params else []):
-                if secret not in secrets:
-                    raise ConversionError(f"steps.{name}.parameters.secrets[{i}]",
-                                          f"no secret {secret!r} in the daemon's "
-                                          "peak.secrets_file")
     steps = tuple(_step(name, defn.steps[name], defn, catalogue, request, chosen)
                   for name in defn.steps if name in chosen)
     runtime = steps[0].runtime or "local"
@@ -146,7 +138,7 @@ def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
         retry=retry_policy(options), env=env, when=_when(step, chosen),
         outputs=dict(step.output_parameters or {}),
         secrets=tuple(step.parameters.secrets or []) if step.parameters else (),
-        fresh_image=bool(step.clear_image_cache),
+        fresh_image=bool(step.clear_image_cache), merge_stderr=True,
         repository=Repository(url=step.repository.url, branch=step.repository.branch,
                               token_secret=step.repository.token or None)
         if step.repository else None,

@@ -10,7 +10,7 @@ execution it started instead of starting a second one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -106,7 +106,7 @@ def _strings(values: object, where: str) -> dict[str, str]:
 
 def execute(store: Store, submit: Any, catalogue: Catalogue, peak_workflow_id: int,
             defn: Definition, body: object, *, request_id: str | None = None,
-            trigger: str = "manual", secrets: Collection[str] | None = None) -> str:
+            trigger: str = "manual") -> str:
     """Start an execution (or find the one this request id started); its id.
     ``submit(workflow, intake_key)`` stores the internal workflow and returns its id."""
     if request_id is not None:
@@ -114,7 +114,7 @@ def execute(store: Store, submit: Any, catalogue: Catalogue, peak_workflow_id: i
         if known is not None:
             return known
     request = parse_execute_body(body, defn)
-    wf = to_workflow(defn, catalogue, request, secrets)
+    wf = to_workflow(defn, catalogue, request)
     execution_id = str(uuid.uuid4())
     wf_id = submit(wf, f"peak:{request_id or execution_id}")
     with store.transaction() as db:

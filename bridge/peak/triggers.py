@@ -52,8 +52,7 @@ def start(service: Any, catalogue: Catalogue, store: Store, wf: peak_store.PeakW
     or SubmissionError for a body or definition that cannot run."""
     found = executions.execute(
         store, lambda w, key: service.bridge.submit(w, key, store=store), catalogue, wf.id,
-        wf.definition, body, request_id=request_id, trigger=trigger,
-        secrets=service.bridge.secrets.keys())
+        wf.definition, body, request_id=request_id, trigger=trigger)
     service.wake()
     return found
 
@@ -99,7 +98,11 @@ class CronTriggers:
         job_id = f"{JOB_PREFIX}{wf_id}"
         with self._lock:
             wf = peak_store.get(store, wf_id)
-            trigger = schedule_of(wf.definition) if wf and wf.status == "Available" else None
+            try:
+                trigger = schedule_of(wf.definition) if wf and wf.status == "Available" else None
+            except ValueError as exc:  # stored before a stricter cron check: not scheduled
+                log.warning("cron trigger not scheduled", workflow=wf_id, error=str(exc))
+                trigger = None
             if wf is None or trigger is None:
                 with contextlib.suppress(JobLookupError):
                     self.scheduler.remove_job(job_id)

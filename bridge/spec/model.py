@@ -120,6 +120,8 @@ class Step(_Frozen):
     when: RunWhen = RunWhen()
     outputs: dict[str, str] = Field(default_factory=dict)
     """Output parameter name → file (relative to the job directory) read after the step."""
+    merge_stderr: bool = False
+    """The command's stderr goes to its stdout log (Peak logs are one stream)."""
     repository: Repository | None = None
     """Checked out into ``<job dir>/repo`` before each attempt; the command runs there."""
     fresh_image: bool = False
