@@ -48,6 +48,8 @@ API_STALL_S = 10.0
 """The API loop counts as stuck when its heartbeat is older than this."""
 
 
+PRUNE_EVERY_H = 6
+"""Hours between two prunes of Peak executions older than 90 days."""
 SWITCH_INTERVAL_S = 0.001
 """How long a thread holds the interpreter before one that waits gets it (Python's default,
 5 ms, added about that much to each API request while the bridge loop was busy)."""
@@ -326,6 +328,7 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         from bridge.notify.email import EmailSettings, Mailer
+        from bridge.peak import executions as peak_executions
         from bridge.peak.watchers import ScanJob
 
         scheduler = BackgroundScheduler(daemon=True, job_defaults={
@@ -334,6 +337,8 @@ class Daemon:
                         secrets=lambda: self.bridge.secrets,
                         poke=delivery.poke if delivery is not None else None)
         scheduler.add_job(watch, "interval", seconds=1, id="peak-watchers")
+        scheduler.add_job(lambda: peak_executions.prune(service.store), "interval",
+                          hours=PRUNE_EVERY_H, id="peak-prune", next_run_time=datetime.now(UTC))
         try:
             mail = EmailSettings.from_daemon(self.cfg)
         except ValueError as exc:
