@@ -13,9 +13,11 @@ from runtimes.repository import REPO_DIR
 
 
 def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jobdir: str,
-             attempt: int, secrets: Mapping[str, str] | None = None) -> JobSpec:
+             attempt: int, secrets: Mapping[str, str] | None = None,
+             inherited: Mapping[str, str] | None = None) -> JobSpec:
     """What one attempt of ``step`` needs: the step's values, else the workflow's.
-    ``secrets``: the values of the step's secret names (placeholders when only checking)."""
+    ``secrets``: the values of the step's secret names (placeholders when only checking);
+    ``inherited``: variables from upstream output parameters (added to its env)."""
     res = step.resources
     return JobSpec(
         workflow=workflow.name, workflow_id=workflow_id, activity=step.name, attempt=attempt,
@@ -25,7 +27,7 @@ def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jo
         or (f"{jobdir}/{REPO_DIR}" if step.repository else None),
         binds=tuple(v.target for v in workflow.volumes),
         cpus=res.cpus, memory_mib=res.memory_mib, time_limit_s=res.time_limit_s,
-        node_selector=dict(res.node_selector), env=dict(step.env),
+        node_selector=dict(res.node_selector), env={**step.env, **(inherited or {})},
         merge_stderr=step.merge_stderr,
         secrets=dict(secrets) if secrets is not None
         else dict.fromkeys(map(secret_env_name, step.secrets), ""),
@@ -34,10 +36,11 @@ def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jo
 
 def render_step(workflow: Workflow, step: Step, cluster: ClusterConfig, *, workflow_id: int,
                 token: str, jobdir: str, attempt: int,
-                secrets: Mapping[str, str] | None = None) -> Rendered:
+                secrets: Mapping[str, str] | None = None,
+                inherited: Mapping[str, str] | None = None) -> Rendered:
     """The job script of one attempt of ``step`` on ``cluster``."""
     job = job_spec(workflow, step, workflow_id=workflow_id, token=token, jobdir=jobdir,
-                   attempt=attempt, secrets=secrets)
+                   attempt=attempt, secrets=secrets, inherited=inherited)
     return render(job, cluster)
 
 

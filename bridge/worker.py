@@ -224,6 +224,14 @@ class ClusterWorker:
         for a, _ in found:
             self._awaiting_usage.pop(a.id, None)
 
+    def _inherited(self, wf_id: int, step: Step) -> dict[str, str]:
+        """The step's inherited variables, from what its upstream steps left."""
+        if not step.inherit:
+            return {}
+        outputs = {a.name: a.outputs for a in self.store.activities(wf_id)}
+        return {var: outputs[src][param].rstrip("\r\n")
+                for var, (src, param) in step.inherit.items() if param in outputs.get(src, {})}
+
     def _check_out(self, runtime: Runtime, step: Step, jobdir: str) -> None:
         """The step's repository into its job directory (RenderError: the attempt fails)."""
         repo = step.repository
@@ -262,7 +270,8 @@ class ClusterWorker:
             try:
                 rendered = render_step(wf.spec, act.spec, cluster, workflow_id=wf.id,
                                        token=a.token, jobdir=a.jobdir, attempt=a.number,
-                                       secrets=self._secret_values(act.spec.secrets))
+                                       secrets=self._secret_values(act.spec.secrets),
+                                       inherited=self._inherited(wf.id, act.spec))
                 self._check_out(runtime, act.spec, a.jobdir)
             except RenderError as exc:
                 self.absent.discard(a.id)

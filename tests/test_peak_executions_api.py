@@ -275,3 +275,17 @@ def test_a_steps_log_holds_its_stderr_too(api: Api) -> None:
     page = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
                     params={"stepName": "both"}).json()
     assert [line["message"] for line in page["logs"]] == ["to-out", "to-err", "out-again"]
+
+
+def test_inherit_passes_an_upstream_output_as_an_environment_variable(api: Api) -> None:
+    wf_id = api.create(definition("exec-inherit", {
+        "make": {"command": "echo 42 > answer.txt",
+                 "outputParameters": {"answer": "answer.txt"}},
+        "middle": {"command": "true", "parents": ["make"]},
+        "use": {"command": 'echo "got=$ANSWER."', "parents": ["middle"],
+                "parameters": {"inherit": {"ANSWER": "answer"}}}}))
+    ex = execute(api, wf_id)
+    assert wait(api, wf_id, ex, {"Success", "Failed"})["status"] == "Success"
+    page = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
+                    params={"stepName": "use"}).json()
+    assert [line["message"] for line in page["logs"]] == ["got=42."]  # from a grandparent

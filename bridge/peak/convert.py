@@ -139,11 +139,33 @@ def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
         outputs=dict(step.output_parameters or {}),
         secrets=tuple(step.parameters.secrets or []) if step.parameters else (),
         fresh_image=bool(step.clear_image_cache), merge_stderr=True,
+        inherit=_inherit(name, step, defn, chosen),
         repository=Repository(url=step.repository.url, branch=step.repository.branch,
                               token_secret=step.repository.token or None)
         if step.repository else None,
         source=step.model_dump(mode="json", by_alias=True, exclude_none=True),
     )
+
+
+def _inherit(name: str, step: PeakStep, defn: Definition,
+             chosen: set[str]) -> dict[str, tuple[str, str]]:
+    """Each inherited variable's source: the nearest upstream step (breadth first over the
+    parents) that runs in this execution and declares the output parameter."""
+    wanted = step.parameters.inherit if step.parameters and step.parameters.inherit else {}
+    found: dict[str, tuple[str, str]] = {}
+    for variable, param in wanted.items():
+        queue, seen = list(step.parents or []), set()
+        while queue:
+            current = queue.pop(0)
+            if current in seen or current not in defn.steps:
+                continue
+            seen.add(current)
+            upstream = defn.steps[current]
+            if current in chosen and param in (upstream.output_parameters or {}):
+                found[variable] = (current, param)
+                break
+            queue.extend(upstream.parents or [])
+    return found
 
 
 def _message(exc: ValueError) -> str:

@@ -120,6 +120,9 @@ class Step(_Frozen):
     when: RunWhen = RunWhen()
     outputs: dict[str, str] = Field(default_factory=dict)
     """Output parameter name → file (relative to the job directory) read after the step."""
+    inherit: dict[str, tuple[str, str]] = Field(default_factory=dict)
+    """Environment variable → (upstream step, its output parameter), set at submission from
+    what that step left (Peak ``parameters.inherit``); unset when it left nothing."""
     merge_stderr: bool = False
     """The command's stderr goes to its stdout log (Peak logs are one stream)."""
     repository: Repository | None = None
