@@ -27,6 +27,7 @@ from rich.table import Table
 
 from bridge import __version__, config, logs
 from bridge.cli_daemon import ApiLogReader, daemon_client, fail_api, follow_daemon, register
+from bridge.cli_workflows import workflows
 from bridge.client import ApiError, Client, Unreachable
 from bridge.engine import WorkflowState
 from bridge.events import DeliveryLoop, make_due, next_try, pending_by_destination
@@ -891,3 +892,4 @@ def cluster_check(ctx: click.Context, name: str, clusters_dir_local: str | None)
 
 
 register(main)
+main.add_command(workflows)

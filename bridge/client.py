@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from bridge.peak.client import WorkflowClient as WorkflowClient
+
 TOKEN_ENV = "AKOBRIDGE_TOKEN"  # noqa: S105 - the variable name, not a token
 
 
