@@ -2,7 +2,7 @@
 names and keyword arguments of seeds/peak-workflows-sdk.txt, over httpx.
 
 Every call sends a fresh ``x-peak-requestId`` and is retried on a connection error or a
-429/502/503/504 reply (up to :data:`RETRIES` times, ``Retry-After`` honoured) with the *same*
+429/500/502/503/504 reply (up to :data:`RETRIES` times, ``Retry-After`` honoured) with the *same*
 request id, so a retried ``create_workflow`` or ``execute_workflow`` makes one workflow or one
 execution: the service is idempotent per request id. List methods return page iterators that
 yield each page's reply, pages ``page_number``..``pageCount``.
@@ -23,7 +23,7 @@ from bridge.peak.patch import apply_patch
 
 BASE_PATH = "/workflows/api/v1"
 RETRIES = 3
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 30.0
 DEFINITION_KEYS = ("name", "tags", "triggers", "watchers", "retryOptions", "metadata", "steps")
 
