@@ -289,3 +289,39 @@ def test_inherit_passes_an_upstream_output_as_an_environment_variable(api: Api) 
     page = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
                     params={"stepName": "use"}).json()
     assert [line["message"] for line in page["logs"]] == ["got=42."]  # from a grandparent
+
+
+def test_a_cluster_gone_after_a_reload_is_a_400_not_a_500(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The instance type's cluster was removed and the daemon reloaded (SIGHUP): execute
+    answers 400 naming the steps, never a 5xx (peak-sdk would resend a 5xx four times)."""
+    import signal
+
+    import yaml
+    from daemon_helpers import running_daemon
+    from test_peak_definitions_api import SHIPPED_PEAK
+
+    tmp = tmp_path_factory.mktemp("peak-gone")
+    clusters = tmp / "clusters"
+    clusters.mkdir()
+    (clusters / "extra.yaml").write_text(yaml.safe_dump({
+        "name": "extra", "kind": "process", "transport": "local",
+        "workdir": str(tmp / "jobs"), "container": {"engine": "none"}}))
+    peak = copy.deepcopy(SHIPPED_PEAK)
+    peak["instance_types"].append({"id": 41, "cluster": "extra", "cpus": 1, "memory": "1Gi"})
+    tokens = tmp / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    tokens.chmod(0o600)
+    with running_daemon(tmp, {"api": {"token_file": str(tokens)}, "peak": peak}) as daemon:
+        gone = Api(daemon)
+        wf_id = gone.create(definition("exec-gone", {
+            "a": {"command": "true", "resources": {"instanceTypeId": 41}}}))
+        (clusters / "extra.yaml").unlink()
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "cluster configs reloaded" not in daemon.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = gone.call("POST", f"/workflows/{wf_id}/execute", {})
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"][0]["field"] == "steps" and "extra" in r.text
+        gone.http.close()

@@ -23,6 +23,7 @@ from bridge.peak import executions, signed
 from bridge.peak import store as peak_store
 from bridge.peak.catalogue import CatalogueError
 from bridge.peak.executions import ExecuteError, Execution
+from bridge.runner import SubmissionError
 from bridge.service import ServiceError
 from bridge.store import Store
 
@@ -67,8 +68,10 @@ async def execute_workflow(request: Request, workflow_id: WorkflowId,
     try:
         execution_id = await _db(request, start)
     except (ExecuteError, CatalogueError) as exc:
+        raise ServiceError(400, "the execution cannot start", exc.detail()) from None
+    except SubmissionError as exc:  # e.g. a cluster that went away in a reload
         raise ServiceError(400, "the execution cannot start", [
-            {"field": exc.field, "message": exc.message}]) from None
+            {"field": "steps", "message": str(exc)}]) from None
     if execution_id is None:
         raise _not_found(workflow_id)
     service.wake()
