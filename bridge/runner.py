@@ -107,6 +107,7 @@ class Bridge:
         self._refused_until: dict[str, float] = {}
         self._stale: set[str] = set()
         """Clusters whose config changed while a round was using their runtime."""
+        self._resolved: dict[str, tuple[Clusters, ClusterConfig]] = {}
         self.secrets: Mapping[str, str] = {}
         """Secret name → value, for steps that name secrets (the daemon's secrets file);
         read at each submission, never stored."""
@@ -122,8 +123,16 @@ class Bridge:
 
     # -- intake -----------------------------------------------------------------------------
     def cluster(self, name: str) -> ClusterConfig:
+        """The config of the cluster (or alias) ``name``, resolved against the state dir;
+        built once per name and config set (every phase asks, many times a cycle)."""
+        clusters = self.clusters
+        cached = self._resolved.get(name)
+        if cached is not None and cached[0] is clusters:
+            return cached[1]
         try:
-            return self.clusters.require(name).resolved(self.state_dir)
+            cfg = clusters.require(name).resolved(self.state_dir)
+            self._resolved[name] = (clusters, cfg)
+            return cfg
         except UnknownCluster as exc:
             raise SubmissionError(str(exc)) from None
 
