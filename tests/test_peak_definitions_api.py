@@ -58,13 +58,18 @@ class Api:
         return [w["name"] for w in r.json()["workflows"]]
 
 
+def private_file(path: Path, text: str) -> str:
+    """Write ``text`` to ``path`` with mode 0600 (what the daemon demands of secrets)."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
 def peak_daemon(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[Api]:
     """A daemon with a token file and the shipped ``peak:`` block, as peak-sdk sees it;
     ``extra`` is merged into the config (nested mappings key by key)."""
-    tokens = tmp / "tokens"
-    tokens.write_text(f"{TOKEN}\n")
-    tokens.chmod(0o600)
-    config = _merge({"api": {"token_file": str(tokens)}, "peak": SHIPPED_PEAK}, extra or {})
+    tokens = private_file(tmp / "tokens", f"{TOKEN}\n")
+    config = _merge({"api": {"token_file": tokens}, "peak": SHIPPED_PEAK}, extra or {})
     with running_daemon(tmp, config) as daemon:
         client = Api(daemon)
         yield client

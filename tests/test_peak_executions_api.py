@@ -5,6 +5,7 @@ delays, conditions and parentStatus, bad execute bodies."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import uuid
@@ -298,7 +299,6 @@ def test_a_cluster_gone_after_a_reload_is_a_400_not_a_500(
     import signal
 
     import yaml
-    from daemon_helpers import running_daemon
     from test_peak_definitions_api import SHIPPED_PEAK
 
     tmp = tmp_path_factory.mktemp("peak-gone")
@@ -307,13 +307,11 @@ def test_a_cluster_gone_after_a_reload_is_a_400_not_a_500(
     (clusters / "extra.yaml").write_text(yaml.safe_dump({
         "name": "extra", "kind": "process", "transport": "local",
         "workdir": str(tmp / "jobs"), "container": {"engine": "none"}}))
-    peak = copy.deepcopy(SHIPPED_PEAK)
-    peak["instance_types"].append({"id": 41, "cluster": "extra", "cpus": 1, "memory": "1Gi"})
-    tokens = tmp / "tokens"
-    tokens.write_text(f"{TOKEN}\n")
-    tokens.chmod(0o600)
-    with running_daemon(tmp, {"api": {"token_file": str(tokens)}, "peak": peak}) as daemon:
-        gone = Api(daemon)
+    types = [*SHIPPED_PEAK["instance_types"],
+             {"id": 41, "cluster": "extra", "cpus": 1, "memory": "1Gi"}]
+    with contextlib.closing(peak_daemon(tmp, {"peak": {"instance_types": types}})) as started:
+        gone = next(started)
+        daemon = gone.daemon
         wf_id = gone.create(definition("exec-gone", {
             "a": {"command": "true", "resources": {"instanceTypeId": 41}}}))
         (clusters / "extra.yaml").unlink()
@@ -324,4 +322,3 @@ def test_a_cluster_gone_after_a_reload_is_a_400_not_a_500(
         r = gone.call("POST", f"/workflows/{wf_id}/execute", {})
         assert r.status_code == 400, r.text
         assert r.json()["detail"][0]["field"] == "steps" and "extra" in r.text
-        gone.http.close()

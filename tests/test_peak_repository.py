@@ -6,7 +6,6 @@ credential helper on stdin and nowhere else. A real git repository served over H
 from __future__ import annotations
 
 import base64
-import copy
 import subprocess
 import threading
 import uuid
@@ -17,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import running_daemon
-from test_peak_definitions_api import SHIPPED_PEAK, TOKEN, Api
+from test_peak_definitions_api import Api, peak_daemon, private_file
 from test_peak_executions_api import definition, execute, wait
 
 GIT_TOKEN = "ghp_" + uuid.uuid4().hex
@@ -65,17 +63,9 @@ def served_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def repo_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Path]]:
     tmp = tmp_path_factory.mktemp("peak-repo")
-    tokens, secrets = tmp / "tokens", tmp / "secrets"
-    tokens.write_text(f"{TOKEN}\n")
-    secrets.write_text(f"github={GIT_TOKEN}\n")
-    for f in (tokens, secrets):
-        f.chmod(0o600)
-    peak = copy.deepcopy(SHIPPED_PEAK)
-    peak["secrets_file"] = str(secrets)
-    with running_daemon(tmp, {"api": {"token_file": str(tokens)}, "peak": peak}) as daemon:
-        client = Api(daemon)
+    secrets = private_file(tmp / "secrets", f"github={GIT_TOKEN}\n")
+    for client in peak_daemon(tmp, {"peak": {"secrets_file": secrets}}):
         yield client, tmp
-        client.http.close()
 
 
 def test_the_command_runs_in_the_checked_out_repository(

@@ -4,14 +4,12 @@ or the daemon's own log; the file that carries them is gone once the job started
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import running_daemon
-from test_peak_definitions_api import SHIPPED_PEAK, TOKEN, Api
+from test_peak_definitions_api import Api, peak_daemon, private_file
 from test_peak_executions_api import definition, execute, wait
 
 VALUE = "s3cr3t-" + uuid.uuid4().hex
@@ -20,17 +18,9 @@ VALUE = "s3cr3t-" + uuid.uuid4().hex
 @pytest.fixture(scope="module")
 def secret_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Path]]:
     tmp = tmp_path_factory.mktemp("peak-secrets")
-    tokens, secrets = tmp / "tokens", tmp / "secrets"
-    tokens.write_text(f"{TOKEN}\n")
-    secrets.write_text(f"# for the test\nsecret-1={VALUE}\nother=x\n")
-    for f in (tokens, secrets):
-        f.chmod(0o600)
-    peak = copy.deepcopy(SHIPPED_PEAK)
-    peak["secrets_file"] = str(secrets)
-    with running_daemon(tmp, {"api": {"token_file": str(tokens)}, "peak": peak}) as daemon:
-        client = Api(daemon)
+    secrets = private_file(tmp / "secrets", f"# for the test\nsecret-1={VALUE}\nother=x\n")
+    for client in peak_daemon(tmp, {"peak": {"secrets_file": secrets}}):
         yield client, tmp
-        client.http.close()
 
 
 def test_a_secret_reaches_the_job_and_nothing_else(secret_api: tuple[Api, Path]) -> None:

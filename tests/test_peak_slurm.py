@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from daemon_helpers import running_daemon
-from test_peak_definitions_api import TOKEN, Api
+from test_peak_definitions_api import Api, peak_daemon
 from test_peak_executions_api import definition, details, execute, steps_of, wait
 
 from conftest import lab_cluster, slurm_env
@@ -31,13 +30,7 @@ def slurm_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     cluster = lab_cluster("local", tmp)
     (clusters / "devslurm.yaml").write_text(
         yaml.safe_dump(cluster.model_dump(mode="json", exclude_none=True)))
-    tokens = tmp / "tokens"
-    tokens.write_text(f"{TOKEN}\n")
-    tokens.chmod(0o600)
-    with running_daemon(tmp, {"api": {"token_file": str(tokens)}, "peak": PEAK}) as daemon:
-        client = Api(daemon)
-        yield client
-        client.http.close()
+    yield from peak_daemon(tmp, {"peak": PEAK})  # its lists replace the shipped ones
 
 
 def squeue_ids() -> set[str]:
