@@ -65,6 +65,13 @@ def private_file(path: Path, text: str) -> str:
     return str(path)
 
 
+def files_holding(root: Path, secret: str, but: str = "secrets") -> list[Path]:
+    """The files under ``root`` (other than the secrets file ``but``) that contain ``secret``:
+    the job scripts, the store and its WAL, logs, serve.log."""
+    return [p for p in root.rglob("*") if p.is_file() and p.name != but
+            and secret.encode() in p.read_bytes()]
+
+
 def peak_daemon(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[Api]:
     """A daemon with a token file and the shipped ``peak:`` block, as peak-sdk sees it;
     ``extra`` is merged into the config (nested mappings key by key)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_peak_definitions_api import Api, peak_daemon, private_file
+from test_peak_definitions_api import Api, files_holding, peak_daemon, private_file
 from test_peak_executions_api import definition, execute, wait
 
 GIT_TOKEN = "ghp_" + uuid.uuid4().hex
@@ -80,9 +80,7 @@ def test_the_command_runs_in_the_checked_out_repository(
     page = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
                     params={"stepName": "code"}).json()
     assert [line["message"] for line in page["logs"]] == ["hello from the repository", "repo"]
-    leaks = [p for p in tmp.rglob("*") if p.is_file() and p.name != "secrets"
-             and GIT_TOKEN.encode() in p.read_bytes()]
-    assert leaks == []
+    assert files_holding(tmp, GIT_TOKEN) == []
 
 
 def test_a_wrong_branch_fails_the_step_with_gits_reason(
