@@ -226,9 +226,10 @@ class Bridge:
     def cycle(self, wf_ids: Iterable[int] | None = None) -> bool:
         """Plan, run one round per cluster (waiting up to :data:`ROUND_WAIT_S`); True if
         anything changed. ``wf_ids``: the workflows to drive (default: all active ones)."""
-        driven = self.store.active_ids(wf_ids)
         changed = self._collect()
-        plan = self.planner.plan(driven)
+        heads = self.store.running_heads()  # one read of the RUNNING rows serves both
+        driven = set(heads) if wf_ids is None else set(heads) & set(wf_ids)
+        plan = self.planner.plan(driven, heads)
         changed |= plan.changed
         for name, ids in plan.created.items():
             self._lane(name).worker.mark_absent(ids)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,7 @@ from bridge import engine
 from bridge.engine import WorkflowState
 from bridge.outbox import emit_activity, finish_workflow
 from bridge.phases.record import view
-from bridge.store import TERMINAL_STATES, ActivityRow, Store, WorkflowRow, iso
+from bridge.store import TERMINAL_STATES, ActivityRow, Store, WorkflowHead, WorkflowRow, iso
 from runtimes.config import ClusterConfig
 from runtimes.render import job_token
 
@@ -102,13 +102,16 @@ class Planner:
         self._quiet: dict[int, Quiet] = {}
         """Workflows whose last pass changed nothing, and until when that holds."""
 
-    def plan(self, wf_ids: set[int]) -> PlanResult:
+    def plan(self, wf_ids: set[int],
+             heads: Mapping[int, WorkflowHead] | None = None) -> PlanResult:
         """One pass over the driven workflows. A workflow whose last pass changed nothing is
         skipped while its signature (revision, phases) stays the same, until its earliest
         retry is due, or — when it waits for room on a cluster — until that cluster has room:
-        a pass costs one query for all workflows plus the ones that can move."""
+        a pass costs one query for all workflows plus the ones that can move (none when the
+        caller passes ``heads``, :meth:`Store.running_heads` read this cycle)."""
         result = PlanResult()
-        heads = self.store.running_heads()
+        if heads is None:
+            heads = self.store.running_heads()
         now = self.clock()
         room: dict[str, bool] = {}
         self._room_seen = room
