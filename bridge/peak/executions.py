@@ -199,6 +199,15 @@ def listing(store: Store, peak_workflow_id: int, *, statuses: list[str],
     return [e for e in found if not statuses or status(store, e) in statuses]
 
 
+def latest(store: Store, peak_workflow_id: int) -> Execution | None:
+    """The newest execution of a definition within the history window (one row read)."""
+    floor = iso(now_utc() - timedelta(days=HISTORY_DAYS))
+    row = store.db.execute(
+        "SELECT * FROM peak_executions WHERE peak_workflow_id=? AND created_at>=?"
+        " ORDER BY created_at DESC, id LIMIT 1", (peak_workflow_id, floor)).fetchone()
+    return _execution(row) if row else None
+
+
 def details(store: Store, ex: Execution, defn: Definition) -> dict[str, Any]:
     """``GET …/executions/{id}``: the execution and each of its steps."""
     wf = store.workflow(ex.workflow_id)

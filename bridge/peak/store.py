@@ -179,10 +179,9 @@ def last_execution(store: Store, wf_id: int) -> dict[str, Any] | None:
     (describe's and list's ``lastExecution``)."""
     from bridge.peak import executions
 
-    found = executions.listing(store, wf_id, statuses=[], since=None, until=None)
-    if not found:
+    latest = executions.latest(store, wf_id)
+    if latest is None:
         return None
-    latest = found[0]
     return {"executionId": latest.id, "executedAt": executions.stamp(latest.created_at),
             "status": executions.status(store, latest), "rerunId": None}
 
