@@ -163,7 +163,8 @@ class Service:
     def workflows(self, *, state: str | None = None, name: str | None = None,
                   runtime: str | None = None, since: datetime | None = None,
                   until: datetime | None = None, limit: int = 50,
-                  offset: int = 0) -> dict[str, Any]:
+                  offset: int = 0, search: str | None = None) -> dict[str, Any]:
+        """A page of workflows, newest first, each with its activity counts by state."""
         where: list[str] = []
         args: list[Any] = []
         if state:
@@ -172,6 +173,9 @@ class Service:
         if name:
             where.append("name=?")
             args.append(name)
+        if search:
+            where.append("instr(lower(name), ?) > 0")
+            args.append(search.lower())
         if runtime:
             where.append("runtime=?")
             args.append(runtime)
@@ -187,7 +191,25 @@ class Service:
         rows = db.execute(f"SELECT * FROM workflows{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
                           [*args, limit, offset]).fetchall()
         items = [workflow_summary_json(self.store._workflow(r)) for r in rows]
+        tally = self._tally([item["id"] for item in items])
+        for item in items:
+            by_state = tally.get(item["id"], {})
+            item["counts"] = by_state
+            item["activities"] = sum(by_state.values())
+            item["duration_s"] = _span(item["created_at"], item["finished_at"])
         return {"items": items, "total": int(total), "limit": limit, "offset": offset}
+
+    def _tally(self, wf_ids: list[int]) -> dict[int, dict[str, int]]:
+        """workflow id → {activity state: count}, in one query for a page of workflows."""
+        if not wf_ids:
+            return {}
+        marks = ",".join("?" * len(wf_ids))
+        out: dict[int, dict[str, int]] = {}
+        for r in self.store.db.execute(
+                "SELECT workflow_id, state, count(*) FROM activities"
+                f" WHERE workflow_id IN ({marks}) GROUP BY workflow_id, state", wf_ids):
+            out.setdefault(int(r[0]), {})[str(r[1])] = int(r[2])
+        return out
 
     def workflow(self, wf_id: int) -> dict[str, Any]:
         row = self.store.workflow(wf_id)
@@ -271,11 +293,43 @@ class Service:
                 "data": piece.decode("utf-8", errors="replace"),
                 "final": ended and nxt >= len(data), "state": act.state.value}
 
+    def script(self, wf_id: int, name: str, number: int | None = None) -> dict[str, Any]:
+        """The job script an attempt was submitted with and the command file it runs, as
+        written in its job directory (``null`` when the file is not there)."""
+        from runtimes.jobdir import COMMAND_FILE, SCRIPT_FILE
+        from runtimes.transport import TransportError
+
+        chosen = self.attempt(wf_id, name, number)
+        if chosen is None:
+            raise ServiceError(404, f"activity {name!r} has no attempt yet",
+                               [problem("attempt", "no job was prepared for it yet")])
+        job = TrackedJob(chosen.token, chosen.jobdir, chosen.job_id)
+        try:
+            files = self.bridge.runtime(chosen.cluster).read_job_files(
+                job, [SCRIPT_FILE, COMMAND_FILE])
+        except (OSError, TransportError, NotImplementedError) as exc:
+            raise ServiceError(502, f"cannot read the job script of {name!r}",
+                               [problem("attempt", f"the job directory cannot be read now: "
+                                        f"{exc}")]) from None
+        text = {n: data.decode("utf-8", errors="replace") for n, data in files.items()}
+        return {"attempt": chosen.number, "job_id": chosen.job_id, "cluster": chosen.cluster,
+                "jobdir": chosen.jobdir, "script": text.get(SCRIPT_FILE),
+                "command": text.get(COMMAND_FILE)}
+
     def _read(self, attempt: AttemptRow, stream: str) -> bytes | None:
         if self.log_reader is not None:
             return self.log_reader(attempt, stream)
         rt = self.bridge.runtime(attempt.cluster)
         return rt.read_log(TrackedJob(attempt.token, attempt.jobdir, attempt.job_id), stream)
+
+
+def _span(start: str | None, end: str | None) -> float | None:
+    """Seconds from ``start`` to ``end`` (to now while it runs) of two ISO timestamps."""
+    if start is None:
+        return None
+    began = datetime.fromisoformat(start)
+    until = datetime.fromisoformat(end) if end else datetime.now(began.tzinfo)
+    return round((until - began).total_seconds(), 3)
 
 
 __all__ = ["LOG_PAGE", "Service", "ServiceError", "decode_workflow", "problem"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import structlog
@@ -56,6 +57,8 @@ COMMON_ERRORS = errors(400, 401, 404, 413, 422)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 """Answered without a token: they tell nothing about workflows."""
+UI_PREFIX = "/ui"
+"""The monitoring page's static files (no data in them: every data call needs the token)."""
 SIGNED_LOG_PREFIX = "/workflows/api/v1/log-downloads/"
 """``GET <prefix><token>``: a step's log behind a signed, expiring token (peak-sdk fetches
 ``downloadUrl`` without an auth header); the route checks the token, so no token here."""
@@ -171,7 +174,8 @@ class Guard:
 
     def _refusal(self, scope: Scope) -> JSONResponse | None:
         """The 401 for a request that needs a token and has no good one."""
-        if scope["path"] in PUBLIC_PATHS or _is_unix(scope) or _signed_link(scope):
+        if (scope["path"] in PUBLIC_PATHS or _is_unix(scope) or _signed_link(scope)
+                or _ui_file(scope)):
             return None
         server = scope.get("server") or ("", 0)
         if server[1] in self.ctx.tokenless_ports:
@@ -198,6 +202,12 @@ def _signed_link(scope: Scope) -> bool:
     rest = path[len(SIGNED_LOG_PREFIX):]
     return (scope["method"] == "GET" and path.startswith(SIGNED_LOG_PREFIX)
             and bool(rest) and "/" not in rest)
+
+
+def _ui_file(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and (
+        path == UI_PREFIX or path.startswith(UI_PREFIX + "/"))
 
 
 def _is_unix(scope: Scope) -> bool:
@@ -246,9 +256,33 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(peak.side_router)
     app.include_router(akoflow.router, responses=COMMON_ERRORS)
     app.include_router(monitoring.router, responses=COMMON_ERRORS)
+    _mount_ui(app)
     app.add_middleware(Guard, ctx=ctx)
     app.add_middleware(BodyLimit, limit=ctx.max_body)
     return app
+
+
+def _mount_ui(app: FastAPI) -> None:
+    """``/ui/``: the monitoring page shipped in the package (``/ui`` redirects there)."""
+    from fastapi.responses import RedirectResponse
+    from fastapi.staticfiles import StaticFiles
+
+    static = FilePath(__file__).resolve().parent.parent / "ui" / "static"
+
+    @app.get(UI_PREFIX, include_in_schema=False)
+    async def _ui_root() -> RedirectResponse:
+        return RedirectResponse(UI_PREFIX + "/")
+
+    if not (static / "index.html").is_file():  # a broken install: say so, never a 500
+        log.warning("monitoring page not installed", missing=str(static))
+
+        @app.get(UI_PREFIX + "/{rest:path}", include_in_schema=False)
+        async def _no_ui(rest: str) -> JSONResponse:
+            return error_response(404, "the monitoring page is not installed", [
+                {"field": "path", "message": f"{static} has no index.html: reinstall "
+                 "akoflow-bridge"}])
+        return
+    app.mount(UI_PREFIX + "/", StaticFiles(directory=static, html=True), name="ui")
 
 
 def context(request: Request) -> ApiContext:

@@ -43,15 +43,19 @@ async def list_workflows(
     request: Request,
     state: Annotated[Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "running",
                              "completed", "failed", "cancelled"] | None, Query()] = None,
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    name: Annotated[str | None, Query(max_length=200, description="exactly this name")] = None,
+    search: Annotated[str | None, Query(max_length=200,
+                                        description="names containing this (any case)")] = None,
     runtime: Annotated[str | None, Query(max_length=200)] = None,
     since: Annotated[datetime | None, Query(description="created at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="created before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> dict[str, Any]:
-    """Workflows, newest first: ``{items, total, limit, offset}``."""
+    """Workflows, newest first: ``{items, total, limit, offset}``; each item has its activity
+    ``counts`` by state, their number (``activities``) and ``duration_s``."""
     return await run_in_threadpool(context(request).service.workflows, state=state, name=name,
+                                   search=search,
                                    runtime=runtime, since=since, until=until, limit=limit,
                                    offset=offset)
 
@@ -76,6 +80,17 @@ async def get_logs(
     ``next`` until ``final`` is true."""
     return await run_in_threadpool(context(request).service.read_log, workflow_id, name,
                                    stream, offset, attempt, limit)
+
+
+@router.get("/workflows/{workflow_id}/activities/{name}/script", tags=["monitoring"],
+            responses=errors(502))
+async def get_script(
+    request: Request, workflow_id: WorkflowId, name: Name,
+    attempt: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+) -> dict[str, Any]:
+    """The rendered job script (sbatch header and all) of an attempt (the last by default)
+    and the command file it runs: ``{attempt, job_id, cluster, jobdir, script, command}``."""
+    return await run_in_threadpool(context(request).service.script, workflow_id, name, attempt)
 
 
 @router.post("/workflows/{workflow_id}/cancel", status_code=202, response_model=Requested,

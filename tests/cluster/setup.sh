@@ -31,8 +31,10 @@ DB_PORT=3307
 DBD_PORT=6819
 CTLD_PORT=6817
 SLURMD_PORT=6818
+# chromium + fonts-liberation: the browser of the monitoring page's tests (Playwright drives
+# Debian's build; browser downloads are not possible here).
 PACKAGES=(munge slurmctld slurmd slurm-client libslurm-dev openssh-server openssh-client
-    slurmdbd mariadb-server mariadb-client systemd git)
+    slurmdbd mariadb-server mariadb-client systemd git chromium fonts-liberation)
 
 SLURM_CONF_FILE=$LAB/slurm.conf
 DBD_CONF_FILE=$LAB/slurmdbd.conf
