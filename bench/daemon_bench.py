@@ -265,7 +265,7 @@ ROW_NAMES = [
     "webhook slurm p50", "webhook slurm p99", "slurm controller calls",
     "chain parent→child p50", "chain parent→child p99",
     "chain end→child start p50", "chain end→child start p99",
-    "daemon RSS", "idle CPU",
+    "daemon RSS", "idle CPU", "list page p50", "list page p99",
 ]
 """Every row the table prints (tests/test_bench_smoke.py checks them)."""
 
@@ -430,6 +430,7 @@ def bench_rss_idle(root: Path, clusters: Path, n: int, idle_s: float) -> list[Ro
             for wid in (1, n // 2, n):
                 c.get(f"{d.url}/workflows/{wid}").raise_for_status()
             c.get(f"{d.url}/metrics").raise_for_status()
+            pages = list_pages(c, d.url, n)
         rss = proc_rss_kb(d.pid) / 1024
         hwm = proc_rss_kb(d.pid, "VmHWM") / 1024
         time.sleep(1.0)  # let the GETs' after-effects settle
@@ -440,7 +441,27 @@ def bench_rss_idle(root: Path, clusters: Path, n: int, idle_s: float) -> list[Ro
         d.stop()
     return [Row("daemon RSS", rss, "MB", 150,
                 note=f"{n} workflows stored (filled in {fill_s:.1f} s); peak {hwm:.0f} MB"),
-            Row("idle CPU", cpu, "% core", 1.0, note=f"over {idle_s:g} s, {n} stored")]
+            Row("idle CPU", cpu, "% core", 1.0, note=f"over {idle_s:g} s, {n} stored"),
+            Row("list page p50", pct(pages, 50) * 1000, "ms", None,
+                note=f"GET /workflows as the monitoring page asks, {n} stored"),
+            Row("list page p99", pct(pages, 99) * 1000, "ms", 50.0,
+                note=f"{len(pages)} pages: offsets across the store, state and name filters")]
+
+
+def list_pages(c: httpx.Client, url: str, n: int, rounds: int = 5) -> list[float]:
+    """Seconds per GET of a 50-row page of the workflow list (the monitoring page's query:
+    counts by state per row, total), at offsets across the store and with its filters."""
+    asks: list[dict[str, Any]] = [{"limit": 50, "offset": off}
+                                  for off in (0, n // 4, n // 2, n - 50)]
+    asks += [{"limit": 50, "state": "COMPLETED"}, {"limit": 50, "search": "stor"},
+             {"limit": 50, "search": "absent"}, {"limit": 50, "runtime": "local"}]
+    took: list[float] = []
+    for _ in range(rounds):
+        for params in asks:
+            t0 = time.perf_counter()
+            c.get(f"{url}/workflows", params=params).raise_for_status()
+            took.append(time.perf_counter() - t0)
+    return took
 
 
 def slurm_clusters(clusters: Path, jobs: Path) -> dict[str, str] | None:

@@ -15,7 +15,7 @@ ROWS = [
     "webhook local p50", "webhook local p99",
     "webhook slurm p50", "webhook slurm p99", "slurm controller calls",
     "chain parent→child p50", "chain parent→child p99",
-    "daemon RSS", "idle CPU",
+    "daemon RSS", "idle CPU", "list page p50", "list page p99",
 ]
 
 
