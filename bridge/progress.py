@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bridge.store import ActivityRow, AttemptRow, Store, WorkflowRow
+from bridge.store import ActivityRow, AttemptRow, Store, WorkflowRow, parse_iso
 
 STATE_STYLE = {
     "COMPLETED": "green", "RUNNING": "cyan", "QUEUED": "blue", "SUBMITTING": "blue",
@@ -71,10 +71,18 @@ def span(total: float) -> str:
 
 def counts(acts: Iterable[ActivityRow]) -> dict[str, int]:
     """Activities per group (done, running, queued, failed, cancelled, skipped, pending)."""
+    by_state: dict[str, int] = {}
+    for a in acts:
+        by_state[a.state.value] = by_state.get(a.state.value, 0) + 1
+    return grouped(by_state)
+
+
+def grouped(by_state: dict[str, int]) -> dict[str, int]:
+    """:func:`counts` from activity counts by state (``{"COMPLETED": 3, …}``)."""
     where = {state: name for name, states in GROUPS for state in states}
     got = dict.fromkeys((name for name, _ in GROUPS), 0)
-    for a in acts:
-        got[where.get(a.state.value, "failed")] += 1
+    for state, n in by_state.items():
+        got[where.get(state, "failed")] += n
     return got
 
 
@@ -299,11 +307,25 @@ def workflow_json(store: Store, wf: WorkflowRow, read: LogReader | None) -> dict
     return {**workflow_summary_json(wf), "counts": counts(acts), "activities": activities}
 
 
+SUMMARY_COLUMNS = ("id", "name", "namespace", "runtime", "state", "reason", "stage_out_error",
+                   "created_at", "finished_at")
+"""The ``workflows`` columns a summary shows (no spec: a list page parses none)."""
+
+
 def workflow_summary_json(wf: WorkflowRow) -> dict[str, Any]:
     return {"id": wf.id, "name": wf.name, "namespace": wf.namespace, "runtime": wf.runtime,
             "state": wf.state.value, "reason": wf.reason,
             "stage_out_error": wf.stage_out_error, "created_at": _iso(wf.created_at),
             "finished_at": _iso(wf.finished_at)}
+
+
+def summary_row_json(row: Any) -> dict[str, Any]:
+    """:func:`workflow_summary_json` of a row holding :data:`SUMMARY_COLUMNS` (timestamps
+    written the same way)."""
+    out = {c: row[c] for c in SUMMARY_COLUMNS}
+    for c in ("created_at", "finished_at"):
+        out[c] = _iso(parse_iso(out[c]))
+    return out
 
 
 def _iso(ts: datetime | None) -> str | None:

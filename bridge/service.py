@@ -20,7 +20,13 @@ import structlog
 from bridge import metrics
 from bridge.engine import WorkflowState
 from bridge.phases.prepare import volumes_to_stage
-from bridge.progress import counts, workflow_json, workflow_summary_json
+from bridge.progress import (
+    SUMMARY_COLUMNS,
+    counts,
+    grouped,
+    summary_row_json,
+    workflow_json,
+)
 from bridge.runner import Bridge, SubmissionError
 from bridge.spec import SpecError, Workflow, parse_akoflow
 from bridge.store import ActivityRow, AttemptRow, Store, iso
@@ -164,7 +170,8 @@ class Service:
                   runtime: str | None = None, since: datetime | None = None,
                   until: datetime | None = None, limit: int = 50,
                   offset: int = 0, search: str | None = None) -> dict[str, Any]:
-        """A page of workflows, newest first, each with its activity counts by state."""
+        """A page of workflows, newest first, each with its activity ``counts`` by group (as
+        :meth:`workflow` has them) and ``states`` (by state)."""
         where: list[str] = []
         args: list[Any] = []
         if state:
@@ -188,13 +195,14 @@ class Service:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         db = self.store.db
         total = db.execute(f"SELECT count(*) FROM workflows{clause}", args).fetchone()[0]
-        rows = db.execute(f"SELECT * FROM workflows{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                          [*args, limit, offset]).fetchall()
-        items = [workflow_summary_json(self.store._workflow(r)) for r in rows]
+        rows = db.execute(f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM workflows{clause}"
+                          " ORDER BY id DESC LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        items = [summary_row_json(r) for r in rows]
         tally = self._tally([item["id"] for item in items])
         for item in items:
             by_state = tally.get(item["id"], {})
-            item["counts"] = by_state
+            item["counts"] = grouped(by_state)
+            item["states"] = by_state
             item["activities"] = sum(by_state.values())
             item["duration_s"] = _span(item["created_at"], item["finished_at"])
         return {"items": items, "total": int(total), "limit": limit, "offset": offset}

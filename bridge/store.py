@@ -316,6 +316,8 @@ class Store:
         self.instance = self._instance_id()
         self._workflow_specs: dict[int, Workflow] = {}
         self._step_specs: dict[int, Step] = {}
+        """Parsed specs by row id (they never change), bounded: a monitoring client paging
+        through every stored workflow must not grow the daemon without end."""
 
     def close(self) -> None:
         self.db.close()
@@ -538,14 +540,27 @@ class Store:
     def _workflow(self, r: sqlite3.Row) -> WorkflowRow:
         spec = self._workflow_specs.get(r["id"])
         if spec is None:
-            spec = self._workflow_specs[r["id"]] = Workflow.model_validate_json(r["spec"])
+            spec = Workflow.model_validate_json(r["spec"])
+            _remember(self._workflow_specs, r["id"], spec, SPEC_CACHE_WORKFLOWS)
         return _workflow(r, spec)
 
     def _activity(self, r: sqlite3.Row) -> ActivityRow:
         spec = self._step_specs.get(r["id"])
         if spec is None:
-            spec = self._step_specs[r["id"]] = Step.model_validate_json(r["spec"])
+            spec = Step.model_validate_json(r["spec"])
+            _remember(self._step_specs, r["id"], spec, SPEC_CACHE_STEPS)
         return _activity(r, spec)
+
+
+SPEC_CACHE_WORKFLOWS = 5_000
+SPEC_CACHE_STEPS = 20_000
+
+
+def _remember(cache: dict[int, Any], key: int, value: Any, cap: int) -> None:
+    """Keep ``value``; past ``cap`` entries forget the oldest (a miss only parses again)."""
+    if len(cache) >= cap:
+        del cache[next(iter(cache))]
+    cache[key] = value
 
 
 def _statements(script: str) -> Iterator[str]:

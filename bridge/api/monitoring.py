@@ -53,7 +53,8 @@ async def list_workflows(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> dict[str, Any]:
     """Workflows, newest first: ``{items, total, limit, offset}``; each item has its activity
-    ``counts`` by state, their number (``activities``) and ``duration_s``."""
+    ``counts`` by group (done, running, queued, failed, …), ``states`` (by state), their
+    number (``activities``) and ``duration_s``."""
     return await run_in_threadpool(context(request).service.workflows, state=state, name=name,
                                    search=search,
                                    runtime=runtime, since=since, until=until, limit=limit,
