@@ -215,7 +215,7 @@ AccountingStoragePort=$DBD_PORT
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=1
 JobCompType=jobcomp/none
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=16 RealMemory=20000 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=16 RealMemory=20000 TmpDisk=4096 State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
         slurm_conf_changed=1
