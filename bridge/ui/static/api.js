@@ -40,7 +40,8 @@ export function askToken(why) {
   const form = document.getElementById("token-form");
   const input = document.getElementById("token-input");
   const note = document.getElementById("token-why");
-  note.textContent = why || "This daemon needs an API token.";
+  note.textContent = why || (token() ? "The token was refused: enter a valid one."
+    : "This daemon needs an API token.");
   input.value = "";
   prompting = new Promise((resolve, reject) => {
     const done = (ok) => {
@@ -77,8 +78,7 @@ function headers(extra = {}) {
 async function call(path, init, tries = 3) {
   const res = await fetch(path, { ...init, headers: headers(init.headers || {}) });
   if (res.status === 401 && tries > 0) {
-    const had = token();
-    await askToken(had ? "The token was refused: enter a valid one." : undefined);
+    await askToken();
     return call(path, init, tries - 1);
   }
   return res;

@@ -73,9 +73,13 @@ export function workflowView(main, [idText], params) {
       actions.append(actionButton("Cancel workflow", "cancel-workflow", async () => {
         const left = wf.activities.filter((a) => !["COMPLETED", "FAILED", "TIMEOUT",
           "OUT_OF_MEMORY", "CANCELLED", "NODE_FAIL", "SKIPPED"].includes(a.state)).length;
+        const jobs = wf.activities.filter((a) => ["RUNNING", "QUEUED", "SUBMITTING"]
+          .includes(a.state)).length;
         if (!await confirmAction("Cancel this workflow?",
-          `Workflow #${wf.id} ${wf.name}: ${left} unfinished activities will be cancelled and `
-          + "their Slurm jobs stopped (scancel).", "Cancel the workflow")) return;
+          `Workflow #${wf.id} ${wf.name}: ${left} unfinished activities will be cancelled, `
+          + `${jobs} of them with a job that is stopped (scancel).`, "Cancel the workflow")) {
+          return;
+        }
         const r = await api(`/workflows/${id}/cancel`, { method: "POST" });
         toast(r.message);
         refetch();
