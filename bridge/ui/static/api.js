@@ -133,6 +133,7 @@ export function query(params) {
 
 // ---- the event stream ---------------------------------------------------------------------
 
+const SILENCE_MS = 45_000;
 const subscribers = new Set();
 let controller = null;
 let backoff = 1000;
@@ -201,10 +202,16 @@ async function connect() {
   subscribers.forEach((s) => { try { s.reconnected && s.reconnected(); } catch (e) { console.error(e); } });
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
+  // the daemon writes a keep-alive every 15 s: silence for longer is a dead connection
+  let heard = Date.now();
+  const watchdog = setInterval(() => {
+    if (Date.now() - heard > SILENCE_MS) mine.abort();
+  }, 5000);
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
+      heard = Date.now();
       buf += value.replace(/\r\n?/g, "\n");
       let cut;
       while ((cut = buf.indexOf("\n\n")) >= 0) {
@@ -214,6 +221,7 @@ async function connect() {
       }
     }
   } catch { /* aborted or dropped */ }
+  clearInterval(watchdog);
   if (controller === mine) retryLater();
 }
 

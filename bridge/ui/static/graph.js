@@ -4,6 +4,8 @@ import { h, s, stateGroup } from "./dom.js";
 
 const NODE_W = 170;
 const NODE_H = 46;
+const MIN_START_SCALE = 0.5; // below this the names are too small to read
+const START_SCALE = 0.8;
 
 function short(name, max = 22) {
   return name.length > max ? `${name.slice(0, max - 1)}…` : name;
@@ -120,7 +122,20 @@ export function drawGraph(host, activities, href) {
     h("span", { class: "hint" }, "wheel: zoom · drag: pan · keys: + − 0 arrows"));
   host.append(tools, h("div", { class: "graph-box" }, svg));
   apply();
-  requestAnimationFrame(fit);
+  // start fitted when that stays readable; a big graph starts at a readable scale on its
+  // roots (the left edge), and "Fit" shows it whole
+  const start = () => {
+    fit();
+    const box = svg.getBoundingClientRect();
+    if (!box.width || box.width / view.w >= MIN_START_SCALE) return;
+    view.w = box.width / START_SCALE;
+    view.h = box.height / START_SCALE;
+    view.x = -8;
+    const first = activities.length ? g.node(activities[0].name) : null;
+    view.y = (first ? first.y : height / 2) - view.h / 2;
+    apply();
+  };
+  requestAnimationFrame(start);
 
   return {
     nodes: byName,

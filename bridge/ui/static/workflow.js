@@ -76,8 +76,9 @@ export function workflowView(main, [idText], params) {
         const jobs = wf.activities.filter((a) => ["RUNNING", "QUEUED", "SUBMITTING"]
           .includes(a.state)).length;
         if (!await confirmAction("Cancel this workflow?",
-          `Workflow #${wf.id} ${wf.name}: ${left} unfinished activities will be cancelled, `
-          + `${jobs} of them with a job that is stopped (scancel).`, "Cancel the workflow")) {
+          `Workflow #${wf.id} ${wf.name}: ${plural(left, "unfinished activity",
+            "unfinished activities")} will be cancelled, ${jobs} of them with a job that is `
+          + "stopped (scancel).", "Cancel the workflow")) {
           return;
         }
         const r = await api(`/workflows/${id}/cancel`, { method: "POST" });
@@ -89,8 +90,9 @@ export function workflowView(main, [idText], params) {
     if (wf.state !== "RUNNING" && retryable) {
       actions.append(actionButton(`Retry ${retryable} failed`, "retry-workflow", async () => {
         if (!await confirmAction("Retry the failed activities?",
-          `${retryable} failed, cancelled or skipped activities of #${wf.id} ${wf.name} will `
-          + "run again.", "Retry them")) return;
+          `${plural(retryable, "failed, cancelled or skipped activity",
+            "failed, cancelled or skipped activities")} of #${wf.id} ${wf.name} will run `
+          + "again.", "Retry them")) return;
         const r = await api(`/workflows/${id}/retry`, { method: "POST" });
         toast(r.message);
         refetch();
@@ -196,6 +198,10 @@ export function workflowView(main, [idText], params) {
   }, refetch);
   load();
   return () => { alive = false; unsub(); refetch.cancel(); };
+}
+
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
 }
 
 export function fact(label, value, testid) {
