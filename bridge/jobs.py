@@ -27,6 +27,7 @@ def job_spec(workflow: Workflow, step: Step, *, workflow_id: int, token: str, jo
         or (f"{jobdir}/{REPO_DIR}" if step.repository else None),
         binds=tuple(v.target for v in workflow.volumes),
         cpus=res.cpus, memory_mib=res.memory_mib, time_limit_s=res.time_limit_s,
+        tmp_disk_mib=res.tmp_disk_mib,
         node_selector=dict(res.node_selector), env={**step.env, **(inherited or {})},
         merge_stderr=step.merge_stderr,
         secrets=dict(secrets) if secrets is not None

@@ -5,8 +5,9 @@ The embedded default for a first try: no Slurm, no container. The same rendered 
 and the script's EXIT trap leaves the same exit-code marker a Slurm job leaves. The script's
 ``#SBATCH --time`` is enforced as Slurm does it: past the limit the job's process group gets
 SIGTERM, :data:`KILL_WAIT_S` later SIGKILL, and the job ends TIMEOUT (checked at each poll, so
-only while a bridge follows the job). Memory and CPU limits are not enforced;
-``max_running`` caps how many jobs run at once (the runner asks).
+only while a bridge follows the job). Memory and CPU limits and the temporary disk request
+(``--tmp``, Peak's ``resources.storage``) are not enforced: the job uses this machine's CPUs,
+memory and disk as they are; ``max_running`` caps how many jobs run at once (the runner asks).
 
 A job's resource use is its process's ``wait4`` rusage (CPU time and peak RSS of the job and
 the descendants it waited for), taken when this runtime reaps its own child; a job adopted

@@ -58,6 +58,11 @@ class JobSpec:
     cpus: int | None = None
     memory_mib: int | None = None
     time_limit_s: int | None = None
+    tmp_disk_mib: int | None = None
+    """``--tmp``: minimum temporary disk per node, in MB (Slurm's unit: 1024² bytes). A
+    scheduling request: Slurm places the job on a node whose configured ``TmpDisk`` is at
+    least this (sbatch refuses it when no node of the partition has that much); it does not
+    cap what the job writes. The local runtime reads the line as a comment."""
     node_selector: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     merge_stderr: bool = False
@@ -97,6 +102,7 @@ def render(job: JobSpec, cluster: ClusterConfig) -> Rendered:
         "q_jobdir": shlex.quote(job.jobdir),
         "cpus": job.cpus or 1,
         "memory": f"#SBATCH --mem={job.memory_mib}M\n" if job.memory_mib else "",
+        "tmp": f"#SBATCH --tmp={int(job.tmp_disk_mib)}\n" if job.tmp_disk_mib else "",
         "time": slurm_time(job.time_limit_s) if job.time_limit_s else cluster.slurm.default_time,
         "scheduling": "".join(f"#SBATCH {opt}\n" for opt in _scheduling_options(job, cluster)),
         "workflow": job.workflow,

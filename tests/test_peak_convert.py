@@ -4,25 +4,24 @@ execute parameters; then a converted workflow run for real on the local runtime.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_peak_definition import CRON, MANUAL, WEBHOOK
+from test_seed_workflow import SDUMONT_LIKE
 
+from bridge.jobs import render_step
+from bridge.peak.catalogue import InstanceType
 from bridge.peak.convert import ConversionError, ExecuteRequest, retry_policy, to_workflow
 from bridge.peak.definition import RetryOptions, parse_definition
-from conftest import Harness, lab_cluster
+from conftest import REPO, Harness, lab_cluster
 from runtimes.config import LOCAL
+from runtimes.render import job_token
 
-
-@dataclass(frozen=True)
-class Shape:
-    cluster: str
-    cpus: int
-    memory_mib: int
+PEAK_GOLDEN = REPO / "tests" / "golden" / "peak-step.sbatch"
 
 
 class Catalogue:
@@ -33,8 +32,9 @@ class Catalogue:
     def __init__(self, cluster: str = "local") -> None:
         self.images = {(123, 1): "docker://python:3.11", (456, 2): "/sifs/b.sif",
                        (100, 100): "/sifs/c.sif"}
-        self.types = {21: Shape(cluster, 1, 1024), 22: Shape(cluster, 2, 4096),
-                      23: Shape(cluster, 4, 8192)}
+        self.types = {21: InstanceType(21, cluster, 1, 1024),
+                      22: InstanceType(22, cluster, 2, 4096),
+                      23: InstanceType(23, cluster, 4, 8192, max_storage_mib=20 * 1024)}
 
     def image(self, image_id: int, version_id: int | None = None) -> str:
         key = (image_id, version_id or 1)
@@ -42,7 +42,7 @@ class Catalogue:
             raise ValueError(f"image {image_id}/{version_id} is not in peak.images")
         return self.images[key]
 
-    def instance_type(self, type_id: int) -> Shape:
+    def instance_type(self, type_id: int) -> InstanceType:
         if type_id not in self.types:
             raise ValueError(f"instance type {type_id} is not in peak.instance_types")
         return self.types[type_id]
@@ -132,6 +132,38 @@ def test_what_the_catalogue_lacks_names_the_field(change: dict[str, Any], field:
     with pytest.raises(ConversionError) as err:
         to_workflow(parse_definition(body({"a": change})), Catalogue())
     assert err.value.field == field and "peak." in err.value.message
+
+
+def test_storage_becomes_the_jobs_tmp_disk_within_the_types_limit() -> None:
+    """``resources.storage`` → ``--tmp`` in MB (a GB is 1024 of Slurm's MB); none given: no
+    ``--tmp``; more than the instance type's ``max_storage``: refused, naming the field."""
+    defn = parse_definition(body({
+        "small": {"resources": {"instanceTypeId": 21, "storage": "10GB"}},
+        "big": {"resources": {"instanceTypeId": 23, "storage": "20 GB"}},
+        "none": {"resources": {"instanceTypeId": 22}}}))
+    steps = {s.name: s for s in to_workflow(defn, Catalogue()).steps}
+    assert {n: s.resources.tmp_disk_mib for n, s in steps.items()} == {
+        "small": 10240, "big": 20480, "none": None}
+    with pytest.raises(ConversionError) as err:
+        to_workflow(parse_definition(body({"a": {"resources": {
+            "instanceTypeId": 23, "storage": "21GB"}}})), Catalogue())
+    assert err.value.field == "steps.a.resources.storage"
+    assert "at most 20GB" in err.value.message and "max_storage" in err.value.message
+
+
+def test_the_cron_seeds_step_renders_to_the_golden_script() -> None:
+    """The seed's cron step (instance type 21, ``storage: 10GB``, ``stepTimeout: 30``) as
+    a job on an SDumont-like cluster: ``--cpus-per-task``, ``--mem``, ``--tmp=10240``,
+    ``--time``; the secrets through the job's private file, never in the script."""
+    wf = to_workflow(parse_definition(CRON[0]), Catalogue("sdumont"))
+    [step] = wf.steps
+    rendered = render_step(wf, step, SDUMONT_LIKE, workflow_id=4, attempt=1,
+                           token=job_token("0a1b2c", 4, 9, 1),
+                           jobdir="/scratch/myproj/akobridge/wf-4/stepName/1")
+    if os.environ.get("AKB_UPDATE_GOLDEN"):
+        PEAK_GOLDEN.write_text(rendered.script)
+    assert rendered.script == PEAK_GOLDEN.read_text()
+    assert "#SBATCH --tmp=10240\n" in rendered.script
 
 
 def test_a_converted_execution_runs_its_rules_on_the_local_runtime(

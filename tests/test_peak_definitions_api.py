@@ -285,6 +285,10 @@ MALFORMED: list[tuple[str, str, Any, str]] = [
      "steps.step1.imageVersionId"),
     ("POST", "/workflows/", _step_change(steps__step1__resources={"instanceTypeId": 99}),
      "steps.step1.resources.instanceTypeId"),
+    ("POST", "/workflows/", _step_change(steps__step1__resources={"storage": "10TB"}),
+     "steps.step1.resources.storage"),
+    ("POST", "/workflows/", _step_change(steps__step1__resources={"storage": "0GB"}),
+     "steps.step1.resources.storage"),
     ("POST", "/workflows/", _step_change(steps__step1__type="sql"), "steps.step1.type"),
     ("POST", "/workflows/", _step_change(steps__step1__colour="blue"), "steps.step1.colour"),
     ("PUT", "/workflows/1", b"{", "body"),
@@ -334,6 +338,13 @@ def test_bad_peak_configs_name_the_field(tmp_path: Path) -> None:
     assert "peak.defaults.instance_type" in problem({"instance_types": [it],
                                                       "defaults": {"instance_type": 6}})
     assert "peak.instance_types.0.gpus" in problem({"instance_types": [{**it, "gpus": -1}]})
+    assert "peak.instance_types.0.max_storage" in problem({"instance_types": [{
+        **it, "max_storage": "4G"}]})
+    small = {**it, "max_storage": "4GB"}
+    assert "peak.defaults.storage" in problem({"instance_types": [small], "defaults": {
+        "instance_type": 5, "storage": "10GB"}})
+    assert config_from_mapping({"peak": {"instance_types": [small]}}).catalogue().defaults() \
+        == {"instanceTypeId": 5, "storage": "4GB"}  # no defaults: what the first type offers
     secrets = tmp_path / "peak.secrets"
     secrets.write_text("github=abc\n")
     secrets.chmod(0o644)

@@ -1,8 +1,11 @@
 """Peak executions on the real Slurm cluster: every step is a Slurm job (its id in the
-details, its record in sacct); stop → Stopping → Stopped with the jobs gone from squeue."""
+details, its record in sacct); stop → Stopping → Stopped with the jobs gone from squeue;
+``resources.storage`` is the job's ``--tmp`` (scontrol's MinTmpDiskNode), refused by sbatch
+above the node's TmpDisk and at create above the instance type's ``max_storage``."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +20,9 @@ from conftest import lab_cluster, slurm_env
 pytestmark = pytest.mark.slurm
 
 PEAK = {"images": [{"id": 1, "version": 1, "image": "docker://alpine:3.20"}],
-        "instance_types": [{"id": 31, "cluster": "devslurm", "cpus": 1, "memory": "256Mi"}],
+        "instance_types": [{"id": 31, "cluster": "devslurm", "cpus": 1, "memory": "256Mi"},
+                           {"id": 32, "cluster": "devslurm", "cpus": 1, "memory": "256Mi",
+                            "max_storage": "2GB"}],
         "defaults": {"instance_type": 31, "storage": "1GB"}}
 
 
@@ -92,3 +97,56 @@ def test_the_jobs_have_the_instance_types_shape(slurm_api: Api) -> None:
         time.sleep(0.5)
     asked = dict(kv.split("=") for kv in tres.split(","))
     assert (asked["cpu"], asked["mem"]) == ("1", "256M")
+
+
+def node_tmp_disk_mb() -> int:
+    """The lab node's configured TmpDisk (tests/cluster/setup.sh sets 4096)."""
+    out = subprocess.run(["scontrol", "show", "node"], env=slurm_env(), text=True,
+                         capture_output=True, check=True).stdout
+    found = re.search(r"TmpDisk=(\d+)", out)
+    assert found, out
+    if int(found.group(1)) < 1024:
+        pytest.fail(f"the test node has TmpDisk={found.group(1)} MB: re-run "
+                    "`bash tests/cluster/setup.sh` (it declares TmpDisk=4096)")
+    return int(found.group(1))
+
+
+def test_storage_is_the_jobs_tmp_disk(slurm_api: Api) -> None:
+    node_tmp_disk_mb()
+    wf_id = slurm_api.create(definition("slurm-storage", {
+        "a": {"imageId": 1, "imageVersionId": 1, "command": "true",
+              "resources": {"instanceTypeId": 31, "storage": "1GB"}}}))
+    got = wait(slurm_api, wf_id, execute(slurm_api, wf_id), {"Success", "Failed"},
+               timeout=120)
+    assert got["status"] == "Success", got["steps"]
+    [step] = got["steps"]
+    assert step["resources"] == {"instanceTypeId": 31, "storage": "1GB"}
+    shown = subprocess.run(["scontrol", "show", "job", step["jobId"]], env=slurm_env(),
+                           text=True, capture_output=True, check=True).stdout  # MinJobAge 300
+    assert re.search(r"MinTmpDiskNode=(1G|1024M)\b", shown), shown
+
+
+def test_storage_above_the_nodes_tmp_disk_fails_the_step_saying_why(slurm_api: Api) -> None:
+    too_much = node_tmp_disk_mb() // 1024 + 1
+    wf_id = slurm_api.create(definition("slurm-storage-big", {
+        "a": {"imageId": 1, "imageVersionId": 1, "command": "true",
+              "resources": {"instanceTypeId": 31, "storage": f"{too_much}GB"}}}))
+    got = wait(slurm_api, wf_id, execute(slurm_api, wf_id), {"Success", "Failed"},
+               timeout=60)  # sbatch refuses it at once: no job pends for ever
+    assert got["status"] == "Failed", got["steps"]
+    [step] = got["steps"]
+    assert step["status"] == "Failed" and not step["jobId"]
+    assert "Temporary disk specification can not be satisfied" in step["output"]["message"]
+
+
+def test_storage_above_the_instance_types_max_storage_is_refused(slurm_api: Api) -> None:
+    r = slurm_api.call("POST", "/workflows/", definition("slurm-storage-max", {
+        "a": {"imageId": 1, "imageVersionId": 1, "command": "true",
+              "resources": {"instanceTypeId": 32, "storage": "3GB"}}}))
+    assert r.status_code == 400, r.text
+    [problem] = r.json()["detail"]
+    assert problem["field"] == "steps.a.resources.storage"
+    assert "at most 2GB" in problem["message"], problem
+    assert slurm_api.create(definition("slurm-storage-max", {
+        "a": {"imageId": 1, "imageVersionId": 1, "command": "true",
+              "resources": {"instanceTypeId": 32, "storage": "2GB"}}}))

@@ -28,6 +28,19 @@ def _render(step: Step, wf: Workflow | None = None, cluster: ClusterConfig = CLU
                        attempt=1).script
 
 
+def test_tmp_disk_is_a_tmp_line_after_the_memory() -> None:
+    """Peak's ``resources.storage`` as Slurm's ``--tmp`` (MB); without it no line (the golden
+    seed script has none)."""
+    script = _render(Step(name="s", run="true", resources=Resources(
+        cpus=2, memory_mib=512, tmp_disk_mib=10240)))
+    lines = script.splitlines()
+    at = lines.index("#SBATCH --tmp=10240")
+    assert lines[at - 1] == "#SBATCH --mem=512M" and lines[at + 1].startswith("#SBATCH --time=")
+    assert "--tmp" not in _render(Step(name="s", run="true"))
+    with pytest.raises(ValidationError):
+        Resources(tmp_disk_mib=0)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=1))
 def test_run_text_goes_to_command_file_byte_exact(run: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bridge.notify.webhooks import MAX_ATTEMPTS, WebhookSettings
-from bridge.spec.quantities import parse_duration_s, parse_memory_mib
+from bridge.spec.quantities import parse_duration_s, parse_memory_mib, parse_storage_mib
 from runtimes import safety
 from runtimes.config import read_mapping, validation_message
 
@@ -193,7 +192,6 @@ class SmtpSettings(_Strict):
 
 
 PEAK_IMAGE_SCHEMES = ("docker://", "oras://", "library://")
-_STORAGE = re.compile(r"[1-9][0-9]{0,5} ?GB")
 
 
 class PeakImage(_Strict):
@@ -229,6 +227,16 @@ class PeakInstanceType(_Strict):
     partition: str | None = None
     gres: str | None = None
     """Slurm ``--gres`` (e.g. ``gpu:a100:1``); default ``gpu:<gpus>`` when gpus > 0."""
+    max_storage: str | None = None
+    """The most ``resources.storage`` a step of this type may ask (e.g. ``4GB``: the
+    partition's nodes' ``TmpDisk``); more is refused at create/PUT. None: no check here."""
+
+    @field_validator("max_storage")
+    @classmethod
+    def _max_storage(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_storage_mib(v, "max_storage")
+        return v
 
     @field_validator("cluster")
     @classmethod
@@ -257,8 +265,7 @@ class PeakDefaults(_Strict):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
-        if not _STORAGE.fullmatch(v):
-            raise ValueError(f"{safety.show(v)} must be a size in GB such as '10GB'")
+        parse_storage_mib(v)
         return v
 
 

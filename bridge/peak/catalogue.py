@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bridge.peak.problems import FieldError
-from bridge.spec.quantities import parse_memory_mib
+from bridge.spec.quantities import parse_memory_mib, parse_storage_mib
 
 if TYPE_CHECKING:
     from bridge.daemon.config import PeakSettings
@@ -37,6 +37,15 @@ class InstanceType:
     partition: str | None = None
     gres: str | None = None
     """Slurm ``--gres``; ``gpu:<gpus>`` when not configured and gpus > 0."""
+    max_storage_mib: int | None = None
+    """The most ``resources.storage`` (as ``--tmp`` MB) a step of this type may ask."""
+
+    def storage_problem(self, storage: str) -> str | None:
+        """Why a step of this type cannot ask ``storage`` (a valid size), or ``None``."""
+        if self.max_storage_mib is None or parse_storage_mib(storage) <= self.max_storage_mib:
+            return None
+        return (f"{storage} is more temporary disk than instance type {self.id} offers (at "
+                f"most {self.max_storage_mib // 1024}GB, peak.instance_types max_storage)")
 
     def resource(self) -> dict[str, Any]:
         """Its ``GET /resources`` entry (memory in GiB; no GPU: ``null``)."""
@@ -62,7 +71,8 @@ class Catalogue:
     @classmethod
     def from_config(cls, peak: PeakSettings, clusters: list[str] | None = None) -> Catalogue:
         """The catalogue of ``peak:``; :class:`CatalogueError` for an id listed twice, a
-        default that is not an instance type, or (given ``clusters``) an unknown cluster."""
+        default that is not an instance type (or whose storage exceeds its ``max_storage``),
+        or (given ``clusters``) an unknown cluster."""
         images: dict[tuple[int, int], str] = {}
         where: dict[tuple[int, int], int] = {}
         for i, img in enumerate(peak.images):
@@ -83,13 +93,20 @@ class Catalogue:
             types[it.id] = InstanceType(
                 it.id, it.cluster, it.cpus, parse_memory_mib(it.memory), it.gpus,
                 parse_memory_mib(it.gpu_memory) if it.gpu_memory else None, it.partition,
-                it.gres or (f"gpu:{it.gpus}" if it.gpus else None))
+                it.gres or (f"gpu:{it.gpus}" if it.gpus else None),
+                parse_storage_mib(it.max_storage) if it.max_storage else None)
         default = peak.defaults.instance_type if peak.defaults else next(iter(types), None)
         if peak.defaults and default not in types:
             raise CatalogueError("peak.defaults.instance_type",
                                  f"{default} is not one of peak.instance_types "
                                  f"({', '.join(map(str, types)) or 'none configured'})")
         storage = peak.defaults.storage if peak.defaults else DEFAULT_STORAGE
+        shape = types.get(default) if default is not None else None
+        problem = shape.storage_problem(storage) if shape else None
+        if problem and peak.defaults:
+            raise CatalogueError("peak.defaults.storage", problem)
+        if problem and shape and shape.max_storage_mib:  # no defaults: what the type offers
+            storage = f"{shape.max_storage_mib // 1024}GB"
         return cls(images, types, default, storage)
 
     def image(self, image_id: int, version_id: int | None = None) -> str:
@@ -142,6 +159,13 @@ class Catalogue:
             except CatalogueError as exc:
                 problems.append({"field": f"steps.{name}.resources.{exc.field}",
                                  "message": exc.message})
+                continue
+            storage = step.resources.storage if step.resources else None
+            shape = self.instance_types.get(type_id or self.default_type or 0)
+            problem = shape.storage_problem(storage) if shape and storage else None
+            if problem:
+                problems.append({"field": f"steps.{name}.resources.storage",
+                                 "message": problem})
         return problems
 
 

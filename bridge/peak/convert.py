@@ -3,9 +3,11 @@ that the engine and the runtimes run (one Slurm job, or local process, per step 
 
 Images and instance types come from the daemon's catalogue (``peak:`` in its config): an
 ``imageId``/``imageVersionId`` names a ``.sif`` or a ``docker://`` reference, an
-``instanceTypeId`` a cluster and its shape (CPUs, memory). Retry options: a step's
-``runConfiguration.retryOptions`` replaces the workflow's; ``exponentialBackoff`` doubles the
-``duration`` after each failed try; no ``retryOptions`` anywhere: no retry.
+``instanceTypeId`` a cluster and its shape (CPUs, memory), ``resources.storage`` the job's
+``--tmp`` (at most the instance type's ``max_storage``; none given: no ``--tmp``). Retry
+options: a step's ``runConfiguration.retryOptions`` replaces the workflow's;
+``exponentialBackoff`` doubles the ``duration`` after each failed try; no ``retryOptions``
+anywhere: no retry.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from bridge.spec.model import (
     Step,
     Workflow,
 )
+from bridge.spec.quantities import parse_storage_mib
 
 DEFAULT_RETRIES = 3
 """``numberOfRetries`` when a ``retryOptions`` object leaves it out."""
@@ -45,6 +48,7 @@ class Shape(Protocol):
     def cpus(self) -> int: ...
     @property
     def memory_mib(self) -> int: ...
+    def storage_problem(self, storage: str) -> str | None: ...
 
 
 class Catalogue(Protocol):
@@ -125,6 +129,10 @@ def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
         shape = catalogue.instance_type(type_id)
     except ValueError as exc:
         raise ConversionError(f"{where}.resources.instanceTypeId", _message(exc)) from None
+    storage = step.resources.storage if step.resources else None
+    problem = shape.storage_problem(storage) if storage else None
+    if problem:
+        raise ConversionError(f"{where}.resources.storage", problem)
     env = dict(step.parameters.env or {}) if step.parameters else {}
     env.update(request.global_params)
     env.update(request.step_params.get(name, {}))
@@ -134,7 +142,8 @@ def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
         name=name, run=step.command, image=image, runtime=shape.cluster,
         parents=tuple(p for p in step.parents or [] if p in chosen),
         resources=Resources(cpus=shape.cpus, memory_mib=shape.memory_mib,
-                            time_limit_s=step.step_timeout),
+                            time_limit_s=step.step_timeout,
+                            tmp_disk_mib=parse_storage_mib(storage) if storage else None),
         retry=retry_policy(options), env=env, when=_when(step, chosen),
         outputs=dict(step.output_parameters or {}),
         secrets=tuple(step.parameters.secrets or []) if step.parameters else (),

@@ -21,6 +21,7 @@ from bridge.peak.cron import check_cron
 from bridge.peak.links import link_problems
 from bridge.peak.problems import DefinitionError, describe, from_pydantic
 from bridge.spec.errors import Problem
+from bridge.spec.quantities import parse_storage_mib
 from runtimes import safety
 
 MAX_RETRIES = 5
@@ -29,7 +30,6 @@ OTHER_STEP_TYPES = ("http", "export", "sql")
 """Step types the Peak service has and the bridge does not run (only ``standard``)."""
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-_STORAGE = re.compile(r"[1-9][0-9]{0,5} ?GB")
 _RELATIVE_FILE = re.compile(r"[A-Za-z0-9._+@%=,~-][A-Za-z0-9._/+@%=,~-]{0,1023}")
 _BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}")
 _REPO_SCHEMES = ("https", "http", "ssh", "git")
@@ -46,8 +46,7 @@ def _email(value: str, what: str) -> str:
 
 
 def _storage(value: str, what: str) -> str:
-    if not _STORAGE.fullmatch(value):
-        raise ValueError(f"{what} {safety.show(value)} must be a size in GB such as '10GB'")
+    parse_storage_mib(value, what)
     return value
 
 
@@ -199,6 +198,7 @@ class RetryOptions(_Body):
 class Resources(_Body):
     instance_type_id: Id | None = Field(None, alias="instanceTypeId")
     storage: Annotated[str, _check(_storage, "storage")] | None = None
+    """``10GB``: the job's ``--tmp`` (minimum temporary disk per node; docs/peak.md)."""
 
 
 class Repository(_Body):

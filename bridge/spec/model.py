@@ -27,6 +27,9 @@ class Resources(_Frozen):
     """Memory in MiB (``--mem=<n>M``)."""
     time_limit_s: int | None = None
     """Wall-time limit in seconds (``--time``, rounded up to whole minutes by Slurm)."""
+    tmp_disk_mib: int | None = Field(default=None, ge=1)
+    """Minimum temporary disk per node in Slurm's MB (``--tmp=<n>``); Peak's
+    ``resources.storage`` (AkoFlow has no such field)."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     """AkoFlow ``nodeSelector`` (``k=v``); see ``runtimes.render`` for the keys Slurm uses."""
 

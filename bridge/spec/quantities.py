@@ -100,6 +100,22 @@ def _memory_bytes(text: str) -> Decimal | None:
     return number
 
 
+# --- Peak storage (resources.storage: "10GB") ------------------------------------------------
+
+STORAGE_RE = re.compile(r"([1-9][0-9]{0,5}) ?GB")
+"""Peak's ``resources.storage``: whole gigabytes, 1GB to 999999GB (``10GB``, ``10 GB``)."""
+
+
+def parse_storage_mib(value: str, what: str = "storage") -> int:
+    """A Peak storage size in Slurm's megabytes (``--tmp``): ``10GB`` → 10240, a GB being
+    1024 MB as Slurm counts them (its ``--tmp=10G``)."""
+    m = STORAGE_RE.fullmatch(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"{what} {_show(value)} must be a size in GB such as '10GB' "
+                         "(a whole number from 1 to 999999)")
+    return int(m.group(1)) * 1024
+
+
 # --- durations (akobridge extensions: timeLimit, retry.backoff) -------------------------------
 
 _DURATION_HINT = "use e.g. 90s, 30m, 2h, 1h30m, 1d or a number of seconds"

@@ -4,7 +4,7 @@
 #SBATCH --error={jobdir}/slurm-%j.err
 #SBATCH --chdir={jobdir}
 #SBATCH --cpus-per-task={cpus}
-{memory}#SBATCH --time={time}
+{memory}{tmp}#SBATCH --time={time}
 #SBATCH --no-requeue
 #SBATCH --comment=akobridge:{workflow}/{activity}
 {scheduling}# akobridge: workflow {workflow} (id {workflow_id}), activity {activity}, attempt {attempt}
