@@ -343,6 +343,9 @@ def test_bad_peak_configs_name_the_field(tmp_path: Path) -> None:
     small = {**it, "max_storage": "4GB"}
     assert "peak.defaults.storage" in problem({"instance_types": [small], "defaults": {
         "instance_type": 5, "storage": "10GB"}})
+    assert "peak.cron_catch_up_grace" in problem({"cron_catch_up_grace": "8d"})
+    assert config_from_mapping({"peak": {"cron_catch_up": True, "cron_catch_up_grace": "2h"}
+                                }).peak.cron_catch_up_grace == 7200
     assert config_from_mapping({"peak": {"instance_types": [small]}}).catalogue().defaults() \
         == {"instanceTypeId": 5, "storage": "4GB"}  # no defaults: what the first type offers
     secrets = tmp_path / "peak.secrets"

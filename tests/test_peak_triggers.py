@@ -6,7 +6,8 @@ one execution per request id, 404 for an unknown webhook, 409 while paused.
 
 The cron test follows the real clock over two minute boundaries (T0, T1) with two daemons at
 once, so it takes 70-130 s; the slots are read from the store's request ids
-(``cron:<id>:<slot>``)."""
+(``cron:<id>:<slot>``). The catch-up test keeps two daemons (``peak.cron_catch_up`` off and
+on) down across two slots, 80-140 s."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from daemon_helpers import Daemon, _wait_ready
 from test_peak_definitions_api import SHIPPED_PEAK, TOKEN, Api, peak_daemon
 
 from bridge.config import DB_NAME
-from bridge.peak.triggers import MISFIRE_GRACE_S
+from bridge.peak.cron import cron_trigger
+from bridge.peak.triggers import MISFIRE_GRACE_S, latest_slot
 
 EVERY_MINUTE = [{"cron": "* * * * *"}]
 
@@ -41,7 +43,7 @@ def definition(name: str, triggers: list[dict[str, Any]]) -> dict[str, Any]:
 class Restartable:
     """A daemon on a fixed state dir that can be killed with SIGKILL and started again."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, peak: dict[str, Any] | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "clusters").mkdir(exist_ok=True)
         tokens = tmp / "tokens"
@@ -49,7 +51,7 @@ class Restartable:
         tokens.chmod(0o600)
         self.cfg = tmp / "bridge.yaml"
         self.cfg.write_text(yaml.safe_dump({
-            "clusters_dir": str(tmp / "clusters"), "peak": SHIPPED_PEAK,
+            "clusters_dir": str(tmp / "clusters"), "peak": {**SHIPPED_PEAK, **(peak or {})},
             "api": {"listen": ["127.0.0.1:0"], "token_file": str(tokens)}}))
         self.state, self.log = tmp / "state", tmp / "serve.log"
         self.db = self.state / DB_NAME
@@ -187,6 +189,62 @@ def test_cron_fires_each_slot_pause_resume_and_restarts(
     assert [r for r, _ in runs(db_x, a)] == [slot(a, t0), slot(a, t1)]
     assert [r for r, _ in runs(db_x, b)] == [slot(b, t1)]
     assert [r for r, _ in runs(db_y, c)] == [slot(c, t1)]
+
+
+@pytest.mark.parametrize(("expr", "back_s", "latest"), [
+    ("* * * * *", 3600, "2026-12-03T17:03"), ("0 * * * *", 3600, "2026-12-03T17:00"),
+    ("0 * * * *", 200, None), ("*/7 * * * *", 7 * 86400, "2026-12-03T17:00"),
+    ("0 0 1 * 1", 7 * 86400, "2026-12-01T00:00"),  # the 1st or a Monday: Tue 1 Dec
+    ("30 17 * * *", 86400, "2026-12-02T17:30")])
+def test_latest_slot_in_a_window(expr: str, back_s: int, latest: str | None) -> None:
+    now = datetime(2026, 12, 3, 17, 3, 24, 500000, UTC)
+    found = latest_slot(cron_trigger(expr), now - timedelta(seconds=back_s), now)
+    assert (found.strftime("%Y-%m-%dT%H:%M") if found else None) == latest
+    assert latest_slot(cron_trigger("* * * * *"), now, now) is None  # 17:04 is after now
+
+
+def test_cron_catch_up_runs_one_missed_slot_only_when_configured(tmp_path: Path) -> None:
+    """Two daemons down across slots T0 and T1 and started after T1's 15 s: with the default
+    (catch-up off) neither slot runs; with ``cron_catch_up: true`` exactly one execution
+    runs, for T1 (the two coalesced), and a second restart starts nothing more."""
+    off = Restartable(tmp_path / "off")
+    on = Restartable(tmp_path / "on", {"cron_catch_up": True, "cron_catch_up_grace": "1h"})
+    daemons = (off, on)
+    try:
+        for d in daemons:
+            d.launch()
+        for d in daemons:
+            d.ready()
+        if 60 - time.time() % 60 < 8:
+            sleep_until((time.time() // 60 + 1) * 60 + 0.5)
+        t0 = (time.time() // 60 + 1) * 60
+        assert off.api is not None and on.api is not None
+        a = off.api.create(definition("catch-up-off", EVERY_MINUTE))
+        b = on.api.create(definition("catch-up-on", EVERY_MINUTE))
+        for d in daemons:
+            d.kill9()
+        assert time.time() < t0 - 1, "the set-up ran into the boundary"
+        t1 = t0 + 60
+        sleep_until(t1 + MISFIRE_GRACE_S + 1)  # both missed T0 and T1
+        for d in daemons:
+            d.launch()
+        for d in daemons:
+            d.ready()
+        wait_for(lambda: len(runs(on.db, b)) >= 1, time.time() + 10, "no catch-up run")
+        time.sleep(3)
+        assert time.time() < t1 + 60 - 2, "ran into T2"
+        assert runs(on.db, b) == [(slot(b, t1), "cron")]
+        assert runs(off.db, a) == [], "a slot missed during downtime ran without catch-up"
+        on.kill9()  # again: the same latest slot is found, and its execution with it
+        on.launch()
+        on.ready()
+        wait_for(lambda: len(on.fired(b)) >= 2, time.time() + 10, "no second catch-up fire")
+        assert {r["execution"] for r in on.fired(b)} == {on.fired(b)[0]["execution"]}
+        assert runs(on.db, b) == [(slot(b, t1), "cron")]
+        assert time.time() < t1 + 60, "ran into T2"
+    finally:
+        codes = [d.stop() for d in daemons if d.daemon and d.daemon.proc.poll() is None]
+    assert all(c == 0 for c in codes), codes
 
 
 @pytest.fixture(scope="module")

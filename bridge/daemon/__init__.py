@@ -283,7 +283,9 @@ class Daemon:
         api = ApiThread(create_app(ctx), bound.sockets, ctx)
         delivery = webhooks.DeliveryLoop(self.store.path, settings)
         scheduler = self._scheduler(service, delivery)
-        cron = CronTriggers(scheduler, service, self.catalogue)
+        cron = CronTriggers(scheduler, service, self.catalogue,
+                            catch_up=self.cfg.peak.cron_catch_up,
+                            catch_up_grace_s=self.cfg.peak.cron_catch_up_grace)
         ctx.on_definition_change = cron.sync
         feed = ChangeFeed(self.store)
         collector = BridgeCollector(self.bridge, self.store.path)

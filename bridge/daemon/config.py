@@ -192,6 +192,9 @@ class SmtpSettings(_Strict):
 
 
 PEAK_IMAGE_SCHEMES = ("docker://", "oras://", "library://")
+MAX_CATCH_UP_S = 7 * 86400
+"""The longest ``peak.cron_catch_up_grace`` (well inside the 90 days of kept executions,
+whose request ids make a slot run once)."""
 
 
 class PeakImage(_Strict):
@@ -280,6 +283,16 @@ class PeakSettings(_Strict):
     """``parameters.secrets`` values: ``NAME=value`` lines (``#`` comments), mode 0600."""
     minute_s: float = Field(default=60.0, gt=0, le=3600)
     """Seconds in a minute of watchers' ``runtimeExceeded`` (only tests shorten it)."""
+    cron_catch_up: bool = False
+    """After downtime, run the cron slots missed (within ``cron_catch_up_grace``) as ONE
+    execution, for the latest of them; off: missed slots are not run."""
+    cron_catch_up_grace: float = Field(default=3600.0, gt=0, le=MAX_CATCH_UP_S)
+    """How far back (seconds, or ``30m``, ``1h``, ``1d``) a catch-up looks; at most 7 days."""
+
+    @field_validator("cron_catch_up_grace", mode="before")
+    @classmethod
+    def _grace(cls, v: object) -> float:
+        return _seconds(v)
 
 
 class DaemonConfig(_Strict):

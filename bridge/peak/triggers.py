@@ -7,15 +7,22 @@ the slot ``S`` of definition ``N`` executes with the request id ``cron:N:<S as I
 firing the same slot again (a restart within the grace) finds the execution the first fire
 started instead of starting a second one.
 
-After downtime there is no burst: jobs coalesce, and a restart schedules each definition from
-its next slot — except that a slot at most :data:`MISFIRE_GRACE_S` old when the daemon starts
-is still fired (once; if it had run before the crash, that fire starts nothing), unless the
-definition was changed, paused or resumed after that slot.
+After downtime there is never a burst. A restart schedules each definition from its next
+slot and, before that, fires at most ONE past slot: the latest one at most
+:data:`MISFIRE_GRACE_S` old (``peak.cron_catch_up`` off, the default: a restart right after a
+slot still runs it) or at most ``peak.cron_catch_up_grace`` old (catch-up on: every slot
+missed in that window is coalesced into that one run). Never a slot from before the
+definition's last change, pause or resume. The store is what makes this hold across restarts:
+the fired slot's request id finds the execution an earlier fire of it started (before a crash,
+or before another restart), so a slot runs once however often the daemon restarts. While the
+daemon runs, APScheduler coalesces late fires of a job into one, dropped when later than the
+same grace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -65,6 +72,24 @@ def schedule_of(defn: Definition) -> BaseTrigger | None:
     return crons[0] if len(crons) == 1 else OrTrigger(crons)
 
 
+def latest_slot(trigger: BaseTrigger, since: datetime, now: datetime) -> datetime | None:
+    """The latest fire time of ``trigger`` in ``[since, now]`` (``None``: none there), in a
+    few dozen trigger look-ups however many slots the window holds (a binary search on "the
+    first slot at or after ``x`` is ``<= now``", which holds up to the latest slot)."""
+    low: datetime | None = trigger.get_next_fire_time(None, since)
+    if low is None or low > now:
+        return None
+    high = now + timedelta(seconds=1)  # low: a slot <= now; no slot in [high, ...) is <= now
+    while high - low > timedelta(seconds=1):  # cron slots are whole seconds apart
+        mid = low + (high - low) / 2
+        found = trigger.get_next_fire_time(None, mid)
+        if found is not None and found <= now:
+            low = found
+        else:
+            high = mid
+    return low
+
+
 def slot_id(when: datetime) -> str:
     """``2025-01-01T12:00:00Z``: the slot's part of a cron request id."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -74,9 +99,13 @@ class CronTriggers:
     """The daemon's cron jobs: one per ``Available`` definition with a cron trigger."""
 
     def __init__(self, scheduler: Any, service: Any, catalogue: Catalogue,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), *,
+                 catch_up: bool = False, catch_up_grace_s: float = 3600.0) -> None:
         self.scheduler, self.service, self.catalogue = scheduler, service, catalogue
         self.clock = clock
+        self.grace_s = math.ceil(catch_up_grace_s) if catch_up else MISFIRE_GRACE_S
+        """How late a slot may still be fired (at start: how far back the one slot fired
+        may be)."""
         self._lock = threading.Lock()  # a sync's read and its job change go together
 
     def start(self) -> int:
@@ -107,33 +136,42 @@ class CronTriggers:
                 with contextlib.suppress(JobLookupError):
                     self.scheduler.remove_job(job_id)
                 return False
-            extra: dict[str, Any] = {}
             if catch_up:
                 now = self.clock()
-                recent = trigger.get_next_fire_time(
-                    None, now - timedelta(seconds=MISFIRE_GRACE_S))
-                # not a slot that passed while the daemon ran and the definition was paused
-                # or different (a resume or PUT after it marks updated_at)
-                if recent is not None and recent <= now and wf.updated_at <= recent:
-                    extra["next_run_time"] = recent
+                # not a slot that passed while the definition was paused or different (a
+                # resume or PUT after it marks updated_at)
+                since = max(now - timedelta(seconds=self.grace_s), wf.updated_at)
+                missed = latest_slot(trigger, since, now)
+                if missed is not None:
+                    log.info("cron catching up", workflow=wf_id, slot=slot_id(missed))
+                    self.scheduler.add_job(
+                        self._fire, "date", run_date=now, args=(wf_id, missed),
+                        id=f"{job_id}:catch-up", name=f"peak cron {wf_id} catch-up",
+                        replace_existing=True, misfire_grace_time=None)
             self.scheduler.add_job(
                 self._fire, trigger, args=(wf_id,), id=job_id, name=f"peak cron {wf_id}",
                 replace_existing=True, coalesce=True, max_instances=1,
-                misfire_grace_time=MISFIRE_GRACE_S, **extra)
+                misfire_grace_time=self.grace_s)
             return True
 
-    def _fire(self, wf_id: int) -> None:
-        """One slot of ``wf_id``: execute it (once per slot) if the definition still runs."""
+    def _fire(self, wf_id: int, slot: datetime | None = None) -> None:
+        """One slot of ``wf_id`` (``None``: the latest one due, for a late fire the latest
+        within the grace): execute it, once per slot, if the definition still runs and was not
+        changed after the slot."""
         store: Store = self.service.store  # this job thread's connection
         wf = peak_store.get(store, wf_id)
         trigger = schedule_of(wf.definition) if wf and wf.status == "Available" else None
         if wf is None or trigger is None:
             return  # paused, deleted or changed since the job was scheduled
         now = self.clock()
-        slot = trigger.get_next_fire_time(None, now - LOOKBACK)
-        if slot is None or slot > now:
+        if slot is None:
+            back = max(LOOKBACK, timedelta(seconds=self.grace_s))
+            slot = latest_slot(trigger, now - back, now)
+        if slot is None:
             log.warning("cron fire matches no slot", workflow=wf_id, at=now.isoformat())
             return
+        if slot < wf.updated_at:
+            return  # a PUT, pause or resume came after the slot: it is not run
         request_id = f"cron:{wf_id}:{slot_id(slot)}"
         try:
             execution = start(self.service, self.catalogue, store, wf, None,
@@ -145,4 +183,5 @@ class CronTriggers:
         log.info("cron fired", workflow=wf_id, slot=slot_id(slot), execution=execution)
 
 
-__all__ = ["JOB_PREFIX", "MISFIRE_GRACE_S", "CronTriggers", "schedule_of", "slot_id", "start"]
+__all__ = ["JOB_PREFIX", "MISFIRE_GRACE_S", "CronTriggers", "latest_slot", "schedule_of",
+           "slot_id", "start"]
