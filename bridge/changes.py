@@ -1,8 +1,9 @@
 """State changes as a feed (for ``GET /events`` and the monitoring page).
 
-The owner of the state dir calls :meth:`ChangeFeed.poll` after each cycle that changed
-something; it compares the activities of the running (and just finished) workflows with what
-it saw last and returns one event per change. No extra table: the store stays the one truth.
+The owner of the state dir calls :meth:`ChangeFeed.poll` after each cycle while a client
+listens (none: no reads at all, a busy intake pays nothing for it); it compares the
+activities of the running (and just finished) workflows with what it saw last and returns
+one event per change. No extra table: the store stays the one truth.
 Only workflows whose revision moved (``workflows.rev``, bumped by any change to their
 activities or attempts) have their activities read again.
 """
@@ -26,6 +27,11 @@ class ChangeFeed:
         self._revs: dict[int, int] = {}
         """workflow id → its revision when its activities were last read."""
         self._since: datetime = now_utc()
+
+    def watch_from(self, since: datetime) -> None:
+        """Nobody listened until ``since``: changes before it are not reported (the owner
+        stops polling while there is no subscriber, and calls this when one comes)."""
+        self._since = max(self._since, since)
 
     def poll(self) -> list[dict[str, Any]]:
         now = now_utc()

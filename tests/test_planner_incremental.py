@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -107,4 +107,29 @@ def test_the_change_feed_reads_only_workflows_that_moved(
     events = feed.poll()
     assert [(e["workflow_id"], e.get("activity"), e["state"]) for e in events] == [
         (ids[1], "a", "SKIPPED")]
+    assert feed.poll() == []
+
+
+def test_the_change_feed_skips_what_ended_before_anyone_listened(
+        harness: Callable[..., Harness], tmp_path: Path) -> None:
+    from bridge.changes import ChangeFeed
+    from bridge.store import iso, now_utc
+
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")}))
+    ids = [h.submit(ONE.format(i=i, run="sleep 30")) for i in range(3)]
+    feed = ChangeFeed(h.store)
+    feed.poll()
+
+    def finish(wf_id: int) -> None:
+        with h.store.transaction() as db:
+            db.execute("UPDATE workflows SET state='CANCELLED', finished_at=? WHERE id=?",
+                       (iso(now_utc()), wf_id))
+
+    finish(ids[0])  # nobody listens: the daemon does not poll
+    feed.watch_from(now_utc())
+    finish(ids[1])
+    events = feed.poll()
+    ended = {e["workflow_id"] for e in events if e["type"] == "workflow"}
+    assert ended == {ids[1]}, events
+    feed.watch_from(datetime(2000, 1, 1, tzinfo=UTC))  # never moves the window back
     assert feed.poll() == []

@@ -8,6 +8,7 @@ import itertools
 import json
 import threading
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 KEEPALIVE_S = 15.0
@@ -22,6 +23,9 @@ class EventHub:
         self._subs: set[asyncio.Queue[dict[str, Any]]] = set()
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        self.watched_since: datetime | None = None
+        """When the subscribers of now began (the first of them subscribed); None without
+        any. Changes before it need not be published: a new client reads the state first."""
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -48,6 +52,8 @@ class EventHub:
     async def stream(self, workflow: int | None, once: bool = False) -> AsyncIterator[str]:
         """``text/event-stream`` lines for events of ``workflow`` (all when None)."""
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        if not self._subs:
+            self.watched_since = datetime.now(UTC)
         self._subs.add(q)
         try:
             yield ": akobridge events\n\n"
@@ -65,3 +71,5 @@ class EventHub:
                     return
         finally:
             self._subs.discard(q)
+            if not self._subs:
+                self.watched_since = None

@@ -372,6 +372,7 @@ class Daemon:
               delivery: Any) -> int:
         ping_every = notifier.watchdog_interval_s
         last_ping = 0.0
+        feed_live = False
         while not self.stop_requested.is_set():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -386,8 +387,14 @@ class Daemon:
             self._last_cycle = time.monotonic()
             if changed:
                 delivery.poke()
-            if changed or ctx.hub.subscribers:
+            watched = ctx.hub.watched_since
+            if watched is not None:
+                if not feed_live:  # the first client since nobody listened
+                    feed.watch_from(watched)
+                    feed_live = True
                 ctx.hub.publish(feed.poll())
+            else:
+                feed_live = False
             if not api.alive():
                 if not api.is_alive():
                     log.error("the API thread ended", error=str(api.error))
