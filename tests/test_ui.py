@@ -68,6 +68,13 @@ def squeue_ids() -> set[str]:
     return set(out.split())
 
 
+def leaves_squeue(job: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while job in squeue_ids():
+        assert time.monotonic() < deadline, f"job {job} still in squeue"
+        time.sleep(0.3)
+
+
 # --- auth --------------------------------------------------------------------------------
 
 
@@ -171,10 +178,7 @@ def test_cancel_a_workflow_on_slurm_its_jobs_leave_squeue(
         expect(page.get_by_test_id("activity-state")).to_have_text("CANCELLED", timeout=30_000)
         expect(page.get_by_test_id("cancel-activity")).to_have_count(0)
         t.shot("activity-cancelled")
-        deadline = time.monotonic() + 30
-        while jobs[0] in squeue_ids():
-            assert time.monotonic() < deadline, f"job {jobs[0]} still in squeue"
-            time.sleep(0.3)
+        leaves_squeue(jobs[0])
         assert jobs[1] in squeue_ids()
 
         page.get_by_test_id("back-to-workflow").click()
@@ -196,10 +200,7 @@ def test_cancel_a_workflow_on_slurm_its_jobs_leave_squeue(
         expect(page.get_by_test_id("workflow-state")).to_have_text("CANCELLED")
         expect(page.get_by_test_id("cancel-workflow")).to_have_count(0)
         t.shot("cancelled")
-    deadline = time.monotonic() + 30
-    while jobs[1] in squeue_ids():
-        assert time.monotonic() < deadline, f"job {jobs[1]} still in squeue"
-        time.sleep(0.3)
+    leaves_squeue(jobs[1])
 
 
 @pytest.mark.slurm
@@ -361,13 +362,14 @@ def test_a_phone_sized_viewport(browser: Browser, api: Api) -> None:
         {"name": "second", "run": "echo two", "dependsOn": ["first"]}]))
     api.wait(wf_id, lambda wf: wf["state"] == "COMPLETED", 30, "completed")
     with tab(browser, api.url, "phone", token=TOKEN, viewport=PHONE) as t:
-        for route, ready in [("/", "workflow-row"), (f"/workflows/{wf_id}", "node"),
-                             (f"/workflows/{wf_id}/activities/second", "attempt-row")]:
+        for step, route, ready in [
+                ("list", "/", "workflow-row"), ("workflow", f"/workflows/{wf_id}", "node"),
+                ("activity", f"/workflows/{wf_id}/activities/second", "attempt-row")]:
             page = t.open(route)
             expect(page.get_by_test_id(ready).first).to_be_visible()
             wide = page.evaluate("document.documentElement.scrollWidth")
             assert wide <= PHONE["width"], f"{route}: {wide} px wide on a 390 px screen"
-            t.shot(route.strip("/").replace("/", "-") or "list", full_page=True)
+            t.shot(step)
         expect(page.get_by_test_id("log")).to_have_text("two")
 
 
@@ -396,6 +398,9 @@ def test_a_200_activity_graph_and_a_2000_activity_list(browser: Browser, api: Ap
                  30, "root running")
     try:
         with tab(browser, api.url, "big", token=TOKEN) as t:
+            page = t.open("/")
+            expect(page.get_by_test_id("workflow-row").first).to_be_visible()
+            t.shot("list-all")
             page = t.open(f"/workflows/{mid}")
             expect(page.get_by_test_id("node")).to_have_count(200)
             expect(node(page, "root")).to_have_attribute("data-state", "RUNNING")

@@ -18,7 +18,8 @@ import httpx
 from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM = os.environ.get("AKB_CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(os.environ.get("AKB_ARTIFACTS") or "/var/tmp/akb-ui-shots")
+SHOTS = Path(os.environ.get("AKB_ARTIFACTS") or "/var/tmp/akb-ui-shots") / "ui"
+"""Screenshots of every step; emptied when a browser starts, so it holds the last run's."""
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 TOKEN_KEY = "akobridge.token"
@@ -29,6 +30,9 @@ def chromium() -> Iterator[Browser]:
     """The system Chromium (never a downloaded one: ``playwright install`` is not used)."""
     if not Path(CHROMIUM).exists():
         raise AssertionError(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for old in SHOTS.glob("*.png"):
+        old.unlink()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:

@@ -2,7 +2,7 @@
 // stdout/stderr followed while the attempt runs; cancel it.
 import { api, query, subscribe } from "./api.js";
 import {
-  badge, clear, debounce, fmtDuration, fmtKb, fmtTime, h, show, since, table, TERMINAL,
+  badge, clear, debounce, fmtKb, fmtTime, h, show, table, TERMINAL, took,
 } from "./dom.js";
 import { actionButton, confirmAction, enc, errorBox, toast } from "./ui.js";
 import { fact } from "./workflow.js";
@@ -84,8 +84,7 @@ export function activityView(main, [idText, name]) {
         fact("Depends on", (act.depends_on || []).join(", ") || "—"),
         fact("Started", fmtTime(act.started_at)),
         fact("Finished", fmtTime(act.finished_at)),
-        fact("Duration", fmtDuration(act.duration_s
-          ?? (act.started_at ? since(act.started_at, act.finished_at) : null)))),
+        fact("Duration", took(act.duration_s, act.started_at, act.finished_at))),
       h("div", {}, act.stderr_tail ? h("details", {}, h("summary", {}, "Last lines of stderr"),
         h("pre", { class: "log" }, act.stderr_tail)) : null));
     clear(actions);
@@ -113,8 +112,7 @@ export function activityView(main, [idText, name]) {
     h("td", { "data-label": "Submitted" }, fmtTime(t.submitted_at)),
     h("td", { "data-label": "Started" }, fmtTime(t.started_at)),
     h("td", { "data-label": "Finished" }, fmtTime(t.finished_at)),
-    h("td", { "data-label": "Elapsed" }, fmtDuration(t.elapsed_s
-      ?? (t.started_at ? since(t.started_at, t.finished_at) : null))),
+    h("td", { "data-label": "Elapsed" }, took(t.elapsed_s, t.started_at, t.finished_at)),
     h("td", { "data-label": "MaxRSS", testid: "attempt-rss" }, fmtKb(t.max_rss_kb)),
     h("td", { "data-label": "CPU" }, t.cpu_s === null || t.cpu_s === undefined ? "—"
       : `${Number(t.cpu_s).toFixed(2)} s`),

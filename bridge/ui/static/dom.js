@@ -96,6 +96,11 @@ export function since(startIso, endIso) {
   return (end.getTime() - new Date(startIso).getTime()) / 1000;
 }
 
+/** A duration: the measured seconds when there are some, else since the start (or "—"). */
+export function took(measured, startIso, endIso) {
+  return fmtDuration(measured ?? (startIso ? since(startIso, endIso) : null));
+}
+
 export function fmtBytes(n) {
   if (n === null || n === undefined) return "—";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];

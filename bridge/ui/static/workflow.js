@@ -1,7 +1,7 @@
 // One workflow: header, actions, its DAG (or a list above GRAPH_LIMIT activities), live.
 import { api, subscribe } from "./api.js";
 import {
-  badge, clear, debounce, fmtDuration, fmtTime, h, show, since, stateGroup, table,
+  badge, clear, debounce, fmtDuration, fmtTime, h, show, since, stateGroup, table, took,
 } from "./dom.js";
 import { drawGraph } from "./graph.js";
 import { countsChips } from "./list.js";
@@ -173,8 +173,7 @@ export function workflowView(main, [idText], params) {
     h("td", { "data-label": "Job id" }, show(a.job_id)),
     h("td", { "data-label": "Exit" }, show(a.exit_code)),
     h("td", { "data-label": "Started" }, fmtTime(a.started_at)),
-    h("td", { "data-label": "Duration" }, fmtDuration(a.duration_s
-      ?? (a.started_at ? since(a.started_at, a.finished_at) : null))),
+    h("td", { "data-label": "Duration" }, took(a.duration_s, a.started_at, a.finished_at)),
     h("td", { "data-label": "Depends on" }, (a.depends_on || []).join(", ") || "—"),
     h("td", { "data-label": "Reason" }, show(a.reason))));
     clear(rowsBox).append(
