@@ -18,10 +18,12 @@ DB_NAME = "akobridge.db"
 
 
 def state_dir(option: str | Path | None = None) -> Path:
+    """The state dir, absolute: job directories under it are handed to processes that run
+    elsewhere (a relative ``--state-dir st`` made every local job miss its script)."""
     if option:
-        return Path(option)
+        return Path(option).expanduser().absolute()
     if os.environ.get(STATE_ENV):
-        return Path(os.environ[STATE_ENV])
+        return Path(os.environ[STATE_ENV]).expanduser().absolute()
     return Path(platformdirs.user_data_dir("akobridge"))
 
 

@@ -214,6 +214,19 @@ def test_run_hello_completes_and_status_shows_it(cli: Cli) -> None:
     no_traceback(missing)
 
 
+def test_a_relative_state_dir_runs_its_jobs(tmp_path: Path) -> None:
+    """``--state-dir st`` from the user's directory: the jobs find their scripts (they failed
+    with ``job.sh: No such file or directory`` when the job dirs were relative)."""
+    (tmp_path / "clusters").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AKOBRIDGE_")}
+    res = subprocess.run([sys.executable, "-m", "bridge", "--state-dir", "st", "--clusters-dir",
+                          "clusters", "run", str(HELLO), "--webhook-wait", "0"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "hello: COMPLETED (4 done)" in res.stdout
+    assert (tmp_path / "st" / "akobridge.db").is_file()
+
+
 def test_failed_activity_fails_the_run_and_skips_its_dependent(cli: Cli,
                                                               receiver: Receiver) -> None:
     text = FAILING.replace("  runtime: local\n", webhook(receiver.url))

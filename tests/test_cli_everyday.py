@@ -114,7 +114,7 @@ def pid_alive(job_id: str) -> bool:
 
 
 def test_a_second_run_on_the_same_state_dir_is_refused_naming_the_owner(cli: Cli) -> None:
-    first = popen(cli, "run", cli.write("slow.yaml", SLOW.format(nap=3)), "--webhook-wait", "0")
+    first = popen(cli, "run", cli.write("slow.yaml", SLOW.format(nap=10)), "--webhook-wait", "0")
     try:
         wait_until(lambda: (cli.state / "owner.json").exists() and cli.workflows(),
                    what="the first run to own the state dir")
