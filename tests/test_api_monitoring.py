@@ -80,6 +80,12 @@ def test_the_page_loads_without_a_token_but_its_data_does_not(tmp_path: Path) ->
     with running_daemon(tmp_path, config) as d:
         page = httpx.get(f"{d.url}/ui/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        module = httpx.get(f"{d.url}/ui/app.js")
+        assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+        assert module.headers["x-content-type-options"] == "nosniff"
         assert httpx.get(f"{d.url}/ui", follow_redirects=False).status_code in (307, 308)
         assert httpx.get(f"{d.url}/workflows").status_code == 401
         assert httpx.post(f"{d.url}/ui/", json={}).status_code in (401, 405)

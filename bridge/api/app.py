@@ -59,6 +59,11 @@ PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-re
 """Answered without a token: they tell nothing about workflows."""
 UI_PREFIX = "/ui"
 """The monitoring page's static files (no data in them: every data call needs the token)."""
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+"""On every file of the page: nothing but its own files runs, it cannot be framed."""
 SIGNED_LOG_PREFIX = "/workflows/api/v1/log-downloads/"
 """``GET <prefix><token>``: a step's log behind a signed, expiring token (peak-sdk fetches
 ``downloadUrl`` without an auth header); the route checks the token, so no token here."""
@@ -266,6 +271,7 @@ def _mount_ui(app: FastAPI) -> None:
     """``/ui/``: the monitoring page shipped in the package (``/ui`` redirects there)."""
     from fastapi.responses import RedirectResponse
     from fastapi.staticfiles import StaticFiles
+    from starlette.responses import Response
 
     static = FilePath(__file__).resolve().parent.parent / "ui" / "static"
 
@@ -282,7 +288,13 @@ def _mount_ui(app: FastAPI) -> None:
                 {"field": "path", "message": f"{static} has no index.html: reinstall "
                  "akoflow-bridge"}])
         return
-    app.mount(UI_PREFIX + "/", StaticFiles(directory=static, html=True), name="ui")
+    class UiFiles(StaticFiles):
+        async def get_response(self, path: str, scope: Scope) -> Response:
+            reply = await super().get_response(path, scope)
+            reply.headers.update(UI_HEADERS)
+            return reply
+
+    app.mount(UI_PREFIX + "/", UiFiles(directory=static, html=True), name="ui")
 
 
 def context(request: Request) -> ApiContext:
