@@ -19,10 +19,21 @@ def urls(wf: WorkflowRow) -> list[str]:
 def emit_activity(store: Store, db: sqlite3.Connection, wf_id: int, act_id: int,
                   cluster: str, at: datetime) -> None:
     """Queue ACTIVITY_COMPLETED for an activity that reached a final state."""
+    emit_activities(store, db, wf_id, [(act_id, cluster)], at)
+
+
+def emit_activities(store: Store, db: sqlite3.Connection, wf_id: int,
+                    finished: list[tuple[int, str]], at: datetime) -> None:
+    """:func:`emit_activity` for many activities (id, cluster) of one workflow, reading the
+    workflow and its activity ids once (per activity that was O(activities) each)."""
+    if not finished:
+        return
     wf = store.workflow(wf_id)
     assert wf is not None
-    payload = activity_payload(wf, store.activity(act_id), store.activity_ids(wf_id), cluster)
-    Store.add_event(db, wf_id, ACTIVITY_COMPLETED, payload, urls(wf), at)
+    ids, hooks = store.activity_ids(wf_id), urls(wf)
+    for act_id, cluster in finished:
+        payload = activity_payload(wf, store.activity(act_id), ids, cluster)
+        Store.add_event(db, wf_id, ACTIVITY_COMPLETED, payload, hooks, at)
 
 
 def finish_workflow(store: Store, db: sqlite3.Connection, wf_id: int, state: WorkflowState,

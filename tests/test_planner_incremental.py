@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,38 @@ def test_the_change_feed_skips_what_ended_before_anyone_listened(
     assert ended == {ids[1]}, events
     feed.watch_from(datetime(2000, 1, 1, tzinfo=UTC))  # never moves the window back
     assert feed.poll() == []
+
+
+def test_many_waiting_activities_end_in_one_transaction_with_their_webhooks(
+        harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelling (or skipping) 400 activities without jobs is one transaction, not 400 (2,000
+    cancelled on the monitoring page took 20 s), and each still gets its ACTIVITY_COMPLETED."""
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")}))
+    leaves = "".join(f"    - name: leaf{i}\n      run: 'true'\n      dependsOn: [root]\n"
+                     for i in range(400))
+    text = ("name: wide\nspec:\n  webhooks: [{url: 'http://127.0.0.1:9/hook'}]\n"
+            f"  activities:\n    - name: root\n      run: sleep 30\n{leaves}")
+    wf_id = h.submit(text)
+    for _ in range(3):
+        h.bridge.cycle()
+    assert h.states(wf_id)["root"] == "RUNNING"
+    h.store.request_cancel(wf_id, [f"leaf{i}" for i in range(400)])
+    opened: list[int] = []
+    real = h.store.transaction
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(h.store, "transaction", counted)
+    h.bridge.planner.plan({wf_id})
+    states = h.states(wf_id)
+    assert [n for n, s in states.items() if s != "CANCELLED"] == ["root"]
+    assert len(opened) <= 3, len(opened)
+    events = h.store.db.execute(
+        "SELECT count(*) FROM events WHERE workflow_id=? AND type='ACTIVITY_COMPLETED'",
+        (wf_id,)).fetchone()[0]
+    assert events == 400
+    h.store.request_cancel(wf_id)
+    h.run(wf_id, timeout=60)
+    assert h.states(wf_id)["root"] == "CANCELLED"

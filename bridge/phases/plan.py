@@ -20,7 +20,7 @@ import structlog
 
 from bridge import engine
 from bridge.engine import WorkflowState
-from bridge.outbox import emit_activity, finish_workflow
+from bridge.outbox import emit_activities, finish_workflow
 from bridge.phases.record import view
 from bridge.store import TERMINAL_STATES, ActivityRow, Store, WorkflowHead, WorkflowRow, iso
 from runtimes.config import ClusterConfig
@@ -158,17 +158,19 @@ class Planner:
             acts = self.store.activities(wf.id)
         by_name = {a.name: a for a in acts}
         ready: list[ActivityRow] = []
+        skips: list[tuple[ActivityRow, str]] = []
         asked = False
         for action in engine.plan([view(a) for a in acts], now):
             if isinstance(action, engine.Submit):
                 ready.append(by_name[action.name])
             elif isinstance(action, engine.Skip):
-                changed |= self._skip(wf, by_name[action.name], action.reason, now)
+                skips.append((by_name[action.name], action.reason))
             elif self.staged(wf) and wf.staged_out_at is None:
                 result.stage_out[wf.runtime].add(wf.id)
                 asked = True
             else:
                 changed |= self._finish(wf, action.state, now)
+        changed |= self._end_waiting(wf, skips, "SKIPPED", ("PENDING",), now)
         blocked: set[str] = set()
         if not self.hold:
             created, blocked = self._new_attempts(wf, ready, result)
@@ -182,26 +184,26 @@ class Planner:
         """Activities asked to stop that have no job (waiting or between retries): CANCELLED."""
         waiting = [a for a in acts if a.cancel_requested
                    and a.state.value in ("PENDING", "RETRY_WAIT")]
-        changed = False
-        for act in waiting:
-            with self.store.transaction() as db:
-                cur = db.execute(
-                    "UPDATE activities SET state='CANCELLED', reason='cancelled on request',"
-                    " finished_at=? WHERE id=? AND state IN ('PENDING','RETRY_WAIT')",
-                    (iso(now), act.id))
-                if cur.rowcount:
-                    emit_activity(self.store, db, wf.id, act.id,
-                                  act.spec.runtime or wf.runtime, now)
-                    changed = True
-        return changed
+        return self._end_waiting(wf, [(a, "cancelled on request") for a in waiting],
+                                 "CANCELLED", ("PENDING", "RETRY_WAIT"), now)
 
-    def _skip(self, wf: WorkflowRow, act: ActivityRow, reason: str, now: datetime) -> bool:
+    def _end_waiting(self, wf: WorkflowRow, ending: list[tuple[ActivityRow, str]], state: str,
+                     was: tuple[str, ...], now: datetime) -> bool:
+        """Activities without a job to ``state`` (with their reasons) and their webhooks, in
+        one transaction for all (2,000 cancelled ones took 2,000 transactions and 20 s)."""
+        if not ending:
+            return False
+        marks = ",".join("?" * len(was))
+        done: list[tuple[int, str]] = []
         with self.store.transaction() as db:
-            cur = db.execute("UPDATE activities SET state='SKIPPED', reason=?, finished_at=?"
-                             " WHERE id=? AND state='PENDING'", (reason, iso(now), act.id))
-            if cur.rowcount:
-                emit_activity(self.store, db, wf.id, act.id, act.spec.runtime or wf.runtime, now)
-        return bool(cur.rowcount)
+            for act, reason in ending:
+                cur = db.execute(
+                    f"UPDATE activities SET state=?, reason=?, finished_at=? WHERE id=?"
+                    f" AND state IN ({marks})", (state, reason, iso(now), act.id, *was))
+                if cur.rowcount:
+                    done.append((act.id, act.spec.runtime or wf.runtime))
+            emit_activities(self.store, db, wf.id, done, now)
+        return bool(done)
 
     def _finish(self, wf: WorkflowRow, state: WorkflowState, now: datetime) -> bool:
         reason = None
