@@ -284,27 +284,30 @@ def workflow_json(store: Store, wf: WorkflowRow, read: LogReader | None) -> dict
     """``status ID --json``: the workflow, its activities and their attempts."""
     acts = store.activities(wf.id)
     fails = {f.name: f for f in failures(store, wf.id, read, acts)}
-    activities = []
-    for a in acts:
-        activities.append({
-            "id": a.id, "name": a.name, "state": a.state.value, "exit_code": a.exit_code,
-            "reason": a.reason, "job_id": a.job_id, "attempt": a.attempt,
-            "created_at": _iso(a.created_at), "started_at": _iso(a.started_at),
-            "finished_at": _iso(a.finished_at), "duration_s": seconds(a),
-            "cancel_requested": a.cancel_requested,
-            "depends_on": list(a.spec.parents),
-            "attempts": [{"number": t.number, "cluster": t.cluster, "job_id": t.job_id,
-                          "state": t.state.value, "exit_code": t.exit_code,
-                          "reason": t.reason, "jobdir": t.jobdir,
-                          "submitted_at": _iso(t.submitted_at),
-                          "started_at": _iso(t.started_at),
-                          "finished_at": _iso(t.finished_at),
-                          "max_rss_kb": t.max_rss_kb, "elapsed_s": t.elapsed_s,
-                          "cpu_s": t.cpu_s}
-                         for t in store.attempts(a.id)],
-            "stderr_tail": fails[a.name].stderr_tail if a.name in fails else None,
-        })
+    activities = [activity_json(store, a, fails.get(a.name)) for a in acts]
     return {**workflow_summary_json(wf), "counts": counts(acts), "activities": activities}
+
+
+def activity_json(store: Store, a: ActivityRow, failure: Failure | None) -> dict[str, Any]:
+    """One activity of :func:`workflow_json`, with its attempts."""
+    return {
+        "id": a.id, "name": a.name, "state": a.state.value, "exit_code": a.exit_code,
+        "reason": a.reason, "job_id": a.job_id, "attempt": a.attempt,
+        "created_at": _iso(a.created_at), "started_at": _iso(a.started_at),
+        "finished_at": _iso(a.finished_at), "duration_s": seconds(a),
+        "cancel_requested": a.cancel_requested,
+        "depends_on": list(a.spec.parents),
+        "attempts": [{"number": t.number, "cluster": t.cluster, "job_id": t.job_id,
+                      "state": t.state.value, "exit_code": t.exit_code,
+                      "reason": t.reason, "jobdir": t.jobdir,
+                      "submitted_at": _iso(t.submitted_at),
+                      "started_at": _iso(t.started_at),
+                      "finished_at": _iso(t.finished_at),
+                      "max_rss_kb": t.max_rss_kb, "elapsed_s": t.elapsed_s,
+                      "cpu_s": t.cpu_s}
+                     for t in store.attempts(a.id)],
+        "stderr_tail": failure.stderr_tail if failure else None,
+    }
 
 
 SUMMARY_COLUMNS = ("id", "name", "namespace", "runtime", "state", "reason", "stage_out_error",

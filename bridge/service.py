@@ -22,10 +22,13 @@ from bridge.engine import WorkflowState
 from bridge.phases.prepare import volumes_to_stage
 from bridge.progress import (
     SUMMARY_COLUMNS,
+    activity_json,
     counts,
+    failures,
     grouped,
     summary_row_json,
     workflow_json,
+    workflow_summary_json,
 )
 from bridge.runner import Bridge, SubmissionError
 from bridge.spec import SpecError, Workflow, parse_akoflow
@@ -235,6 +238,16 @@ class Service:
                 return a
         raise ServiceError(404, f"no activity {name!r} in workflow {wf_id}",
                            [problem("name", "unknown activity")])
+
+    def activity_detail(self, wf_id: int, name: str) -> dict[str, Any]:
+        """One activity as :meth:`workflow` shows it, and its workflow's summary (a page on
+        one activity of a 2,000-activity workflow need not read the other 1,999)."""
+        act = self.activity(wf_id, name)
+        wf = self.store.workflow(wf_id)
+        assert wf is not None
+        failed = failures(self.store, wf_id, None, [act])
+        return {**activity_json(self.store, act, failed[0] if failed else None),
+                "workflow": workflow_summary_json(wf)}
 
     def counts(self, wf_id: int) -> dict[str, int]:
         return counts(self.store.activities(wf_id))

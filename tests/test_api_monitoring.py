@@ -30,6 +30,11 @@ def _until_done(client: httpx.Client, wf_id: int, timeout: float = 30.0) -> dict
     raise AssertionError(f"workflow {wf_id} still running after {timeout} s")
 
 
+def one_summary_keys(detail: dict) -> list[str]:
+    """The summary fields of a workflow's detail (all but its activities and counts)."""
+    return [k for k in detail if k not in ("activities", "counts")]
+
+
 def test_list_counts_search_duration_and_script(tmp_path: Path) -> None:
     with running_daemon(tmp_path) as d, httpx.Client(base_url=d.url, timeout=10) as c:
         ids = {}
@@ -59,6 +64,14 @@ def test_list_counts_search_duration_and_script(tmp_path: Path) -> None:
         assert {w["name"] for w in found["items"]} == {"Alpha-run", "gamma-ALPHA"}
         assert c.get("/workflows", params={"search": "nothing-like-it"}).json()["total"] == 0
         assert c.get("/workflows", params={"search": "a", "limit": 1}).json()["total"] == 3
+
+        whole = c.get(f"/workflows/{ids['beta']}").json()
+        one = c.get(f"/workflows/{ids['beta']}/activities/step1").json()
+        assert one.pop("workflow") == {k: whole[k] for k in one_summary_keys(whole)}
+        assert one == next(a for a in whole["activities"] if a["name"] == "step1")
+        assert one["attempts"][0]["exit_code"] == 3
+        r = c.get(f"/workflows/{ids['beta']}/activities/nope")
+        assert r.status_code == 404 and r.json()["detail"][0]["field"] == "name"
 
         r = c.get(f"/workflows/{ids['gamma-ALPHA']}/activities/step0/script")
         assert r.status_code == 200, r.text

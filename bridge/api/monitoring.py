@@ -68,6 +68,13 @@ async def get_workflow(request: Request, workflow_id: WorkflowId) -> dict[str, A
     return await run_in_threadpool(context(request).service.workflow, workflow_id)
 
 
+@router.get("/workflows/{workflow_id}/activities/{name}", tags=["monitoring"])
+async def get_activity(request: Request, workflow_id: WorkflowId, name: Name) -> dict[str, Any]:
+    """One activity as ``GET /workflows/{id}`` lists it (attempts and all), with its
+    ``workflow``'s summary."""
+    return await run_in_threadpool(context(request).service.activity_detail, workflow_id, name)
+
+
 @router.get("/workflows/{workflow_id}/activities/{name}/logs", tags=["monitoring"],
             responses=errors(502))
 async def get_logs(

@@ -57,15 +57,14 @@ export function activityView(main, [idText, name]) {
   }
 
   async function load() {
-    let wf;
-    try { wf = await api(`/workflows/${id}`); } catch (err) {
+    let got;
+    try { got = await api(`/workflows/${id}/activities/${enc(name)}`); } catch (err) {
       if (alive) clear(head).append(errorBox(err));
       return;
     }
     if (!alive) return;
-    act = wf.activities.find((a) => a.name === name);
-    if (!act) { clear(head).append(errorBox(`workflow #${id} has no activity ${name}`)); return; }
-    render(wf);
+    act = got;
+    render(got.workflow);
     const latest = act.attempts.length ? act.attempts[act.attempts.length - 1].number : null;
     const want = chosen ?? latest;
     if (want !== shownAttempt) restart();
