@@ -55,6 +55,11 @@ SWITCH_INTERVAL_S = 0.001
 5 ms, added about that much to each API request while the bridge loop was busy)."""
 CYCLE_GAP_S = 0.02
 """Shortest time from the start of one cycle to the start of the next (at most 50 a second)."""
+FEED_QUIET_S = 1.0
+"""Without a subscriber to the change feed, how often at most it is read after cycles that
+changed something (every cycle with one): it reads every RUNNING workflow, which cost a
+third of the loop's time under a stream of submissions, and nobody needed it. Read now and
+then, it stays up to date, so a subscriber's first events are at most this old."""
 
 
 class ServeError(RuntimeError):
@@ -370,6 +375,7 @@ class Daemon:
               delivery: Any) -> int:
         ping_every = notifier.watchdog_interval_s
         last_ping = 0.0
+        unread, last_read = False, 0.0  # changes the feed has not read yet; when it last did
         while not self.stop_requested.is_set():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -384,8 +390,10 @@ class Daemon:
             self._last_cycle = time.monotonic()
             if changed:
                 delivery.poke()
-            if changed or ctx.hub.subscribers:
+            unread |= changed
+            if ctx.hub.subscribers or (unread and self._last_cycle - last_read >= FEED_QUIET_S):
                 ctx.hub.publish(feed.poll())
+                unread, last_read = False, self._last_cycle
             if not api.alive():
                 if not api.is_alive():
                     log.error("the API thread ended", error=str(api.error))
