@@ -520,11 +520,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slurm", action="store_true",
                     help="also on the test Slurm cluster (skipped with a note without it)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--only", default="", metavar="PARTS",
+                    help="comma-separated parts to run: intake, latency (webhooks, chains, "
+                         "Slurm), stored (RSS, idle CPU, list pages); default all")
+    ap.add_argument("--intake-n", type=int, default=0, metavar="N",
+                    help="requests per intake row (default 600, 60 with --quick)")
     args = ap.parse_args(argv)
+    parts = {p.strip() for p in args.only.split(",") if p.strip()} or {
+        "intake", "latency", "stored"}
+    if unknown := parts - {"intake", "latency", "stored"}:
+        ap.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}")
     q = args.quick
-    n_intake = 60 if q else 600
-    n_hooks = 5 if q else 30
-    n_chains = 4 if q else 20
+    n_intake = args.intake_n or (60 if q else 600)
     n_stored = 1000 if q else 10_000
     idle_s = 4.0 if q else 20.0
 
@@ -547,15 +554,36 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     # intake on a daemon of its own: the thousands of workflows it leaves running would
     # otherwise queue in front of the latency rows
-    d = Daemon(tmp / "intake", clusters)
-    try:
-        d.start()
-        console.print(f"intake daemon pid {d.pid} on {d.url}; work in {tmp}")
-        for conc in (1, 10, 50):
-            rows += bench_intake(d, n_intake, conc)
-            console.print(f"  intake c={conc}: done")
-    finally:
-        stop(d, notes)
+    if "intake" in parts:
+        d = Daemon(tmp / "intake", clusters)
+        try:
+            d.start()
+            console.print(f"intake daemon pid {d.pid} on {d.url}; work in {tmp}")
+            for conc in (1, 10, 50):
+                rows += bench_intake(d, n_intake, conc)
+                console.print(f"  intake c={conc}: done")
+        finally:
+            stop(d, notes)
+    if "latency" in parts:
+        rows += bench_latency(tmp, clusters, hooks, url, slurm_env, q, console, notes)
+    if "stored" in parts:
+        rows += bench_rss_idle(tmp / "stored", clusters, n_stored, idle_s)
+    hooks.stop()
+    show(rows, notes, console, q, t_start)
+    if args.keep:
+        console.print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def bench_latency(tmp: Path, clusters: Path, hooks: Hooks, url: str,
+                  slurm_env: dict[str, str] | None, q: bool, console: Console,
+                  notes: list[str]) -> list[Row]:
+    """The webhook and chain rows (and Slurm's with ``slurm_env``) on a daemon of their own."""
+    n_hooks = 5 if q else 30
+    n_chains = 4 if q else 20
+    rows: list[Row] = []
     d = Daemon(tmp / "main", clusters)
     try:
         d.start()
@@ -574,13 +602,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(d, notes)
     if slurm_env is None:
-        why = "not run" if not args.slurm else "lab not running"
+        why = ("lab not running" if any("test cluster is not running" in n for n in notes)
+               else "not run")
         rows += [Row("webhook slurm p50", None, "s", 1.0, note=why),
                  Row("webhook slurm p99", None, "s", 2.0, note=why),
                  Row("slurm controller calls", None, "/s", 0.2, note=why)]
-    rows += bench_rss_idle(tmp / "stored", clusters, n_stored, idle_s)
-    hooks.stop()
+    return rows
 
+
+def show(rows: list[Row], notes: list[str], console: Console, q: bool,
+         t_start: float) -> None:
     order = {n: i for i, n in enumerate(ROW_NAMES)}
     rows.sort(key=lambda r: order.get(r.name, 99))
     table = Table(title=f"akobridge serve{' (--quick)' if q else ''}: figures vs goals "
@@ -598,11 +629,6 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"note: {n}")
     console.print(f"total {time.perf_counter() - t_start:.0f} s; machine: {os.cpu_count()} CPUs, "
                   f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    if args.keep:
-        console.print(f"kept {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

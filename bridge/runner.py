@@ -24,7 +24,7 @@ import structlog
 from bridge import metrics
 from bridge.jobs import render_step
 from bridge.phases.plan import Planner, PlanResult
-from bridge.phases.prepare import staged_volumes
+from bridge.phases.prepare import staged_volumes, volumes_to_stage
 from bridge.spec.model import Workflow
 from bridge.store import Store, WorkflowRow, now_utc
 from bridge.worker import ClusterWorker, RoundOrder
@@ -150,7 +150,8 @@ class Bridge:
             except RenderError as exc:
                 raise SubmissionError(str(exc)) from None
         wf = wf.with_retry_defaults(lambda name: self.cluster(name).retry.policy())
-        wf_id = (store or self.store).add_workflow(wf, intake_key)
+        wf_id = (store or self.store).add_workflow(wf, intake_key,
+                                                   prepared=not self._to_prepare(wf))
         log.info("workflow accepted", workflow=wf_id, name=wf.name, activities=len(wf.steps))
         return wf_id
 
@@ -171,6 +172,12 @@ class Bridge:
                                    secrets=lambda: self.secrets)
             self._lanes[name] = _Lane(worker, store)
         return self._lanes[name]
+
+    def _to_prepare(self, wf: Workflow) -> bool:
+        """Whether a workflow has volumes to stage in or images to check before it starts
+        (what :func:`~bridge.phases.prepare.prepare` does on its cluster's worker)."""
+        return bool(wf.image or any(s.image for s in wf.steps)
+                    or volumes_to_stage(wf, self.cluster(wf.runtime)))
 
     def _staged(self, wf: WorkflowRow) -> bool:
         return bool(staged_volumes(wf, self.cluster(wf.runtime)))

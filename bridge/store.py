@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge.engine import ActivityState, WorkflowState
 from bridge.spec.model import Step, Workflow
@@ -287,10 +287,11 @@ def _write_lock(path: Path) -> threading.RLock:
         return lock
 
 
-@dataclass(frozen=True)
-class WorkflowHead:
+class WorkflowHead(NamedTuple):
     """A RUNNING workflow's runtime, whether it was prepared, and its signature: it changes
-    whenever anything the planner reads about the workflow changes (its revision, phases)."""
+    whenever anything the planner reads about the workflow changes (its revision, phases).
+    A named tuple: every cycle makes one per RUNNING workflow (a frozen dataclass cost
+    several times as much)."""
 
     runtime: str
     signature: tuple[Any, ...]
@@ -363,11 +364,14 @@ class Store:
             self.db.execute("COMMIT")
 
     # -- intake -----------------------------------------------------------------------------
-    def add_workflow(self, wf: Workflow, intake_key: str | None = None) -> int:
+    def add_workflow(self, wf: Workflow, intake_key: str | None = None,
+                     prepared: bool = False) -> int:
         """Store a validated workflow and its activities (PENDING) in one transaction.
 
         ``intake_key``: where it came from (``spool:<file>:<sha256>``, an API idempotency
         key); a workflow already stored under that key is returned instead of a second one.
+        ``prepared``: it has nothing to stage in and no image to check, so it is stored
+        prepared (the planner plans it at once, no round of its cluster's worker first).
         """
         now = iso(now_utc())
         with self.transaction() as db:
@@ -378,9 +382,10 @@ class Store:
                     return int(row[0])
             cur = db.execute(
                 "INSERT INTO workflows(name, namespace, runtime, source_format, raw, spec, state,"
-                " created_at, intake_key) VALUES (?,?,?,?,?,?,?,?,?)",
+                " created_at, intake_key, prepared_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (wf.name, wf.namespace, wf.runtime, wf.source_format, wf.raw,
-                 wf.model_dump_json(), WorkflowState.RUNNING.value, now, intake_key),
+                 wf.model_dump_json(), WorkflowState.RUNNING.value, now, intake_key,
+                 now if prepared else None),
             )
             wf_id = int(cur.lastrowid or 0)
             db.executemany(
@@ -479,12 +484,14 @@ class Store:
         if cluster is not None:
             sql += " AND t.cluster=?"
             args.append(cluster)
-        if wf_ids is not None:
-            ids = sorted(set(wf_ids))
-            sql += f" AND a.workflow_id IN ({','.join('?' * len(ids))})"
-            args += ids
         rows = self.db.execute(sql + " ORDER BY t.id", args).fetchall()
-        return [_attempt(r) for r in rows]
+        if wf_ids is None:
+            return [_attempt(r) for r in rows]
+        # filtered here, not with ``IN (?, …)``: callers pass every RUNNING workflow (each
+        # cycle, each round; thousands when many queue), live attempts are at most the
+        # clusters' queue limits
+        ids = wf_ids if isinstance(wf_ids, set | frozenset) else set(wf_ids)
+        return [_attempt(r) for r in rows if r["workflow_id"] in ids]
 
     def attempt(self, attempt_id: int) -> AttemptRow | None:
         row = self.db.execute(

@@ -93,7 +93,7 @@ def test_the_change_feed_reads_only_workflows_that_moved(
         harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bridge.changes import ChangeFeed
 
-    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")}))
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs"), "max_running": 2}))
     ids = [h.submit(ONE.format(i=i, run="sleep 30")) for i in range(3)]
     feed = ChangeFeed(h.store)
     first = feed.poll()
@@ -169,3 +169,45 @@ def test_many_waiting_activities_end_in_one_transaction_with_their_webhooks(
     h.store.request_cancel(wf_id)
     h.run(wf_id, timeout=60)
     assert h.states(wf_id)["root"] == "CANCELLED"
+
+
+def test_a_workflow_with_nothing_to_prepare_is_planned_in_its_first_cycle(
+        harness: Callable[..., Harness], tmp_path: Path) -> None:
+    """No volume to stage and no image: stored prepared, so the first cycle submits it (no
+    round of the worker to prepare it first); one with an image or a volume still waits for
+    its preparation (in the worker's round of that cycle, so it is not planned before the
+    next)."""
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")}))
+    plain = h.submit(ONE.format(i=0, run="sleep 30"))
+    imaged = h.submit(f"name: img\nspec:\n  image: {tmp_path}/nowhere/model.sif\n  activities:\n"
+                      "    - name: a\n      run: 'true'\n")
+    (tmp_path / "src").mkdir()
+    staged = h.submit(f"name: vol\nspec:\n  volumes:\n    - {tmp_path / 'src'}:"
+                      f"{tmp_path / 'dst'}\n  activities:\n    - name: a\n      run: 'true'\n")
+    rows = {i: h.store.workflow(i) for i in (plain, imaged, staged)}
+    assert rows[plain] is not None and rows[plain].prepared_at is not None
+    assert rows[imaged] is not None and rows[imaged].prepared_at is None
+    assert rows[staged] is not None and rows[staged].prepared_at is None
+    h.bridge.cycle()
+    assert h.states(plain)["a"] in ("SUBMITTING", "QUEUED", "RUNNING")
+    assert h.states(imaged)["a"] in ("PENDING", "SKIPPED")  # SKIPPED: no such image
+    assert h.states(staged)["a"] == "PENDING"
+    assert h.store.attempts(h.store.activities(imaged)[0].id) == []
+
+
+def test_live_attempts_of_many_workflows(harness: Callable[..., Harness],
+                                         tmp_path: Path) -> None:
+    """``live_attempts(wf_ids)`` (filtered in Python) with tens of thousands of workflow ids,
+    as a cycle asks with every RUNNING workflow, any iterable, with and without a cluster."""
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs"), "max_running": 2}))
+    ids = [h.submit(ONE.format(i=i, run="sleep 30")) for i in range(3)]
+    for _ in range(3):
+        h.bridge.cycle()
+    live = h.store.live_attempts()
+    assert {a.workflow_id for a in live} == set(ids[:2])  # two slots
+    many = [*range(10**6, 10**6 + 40_000), ids[1], ids[2]]
+    assert [a.id for a in h.store.live_attempts(many)] == [
+        a.id for a in live if a.workflow_id == ids[1]]
+    assert [a.id for a in h.store.live_attempts(iter(many), "local")] == [
+        a.id for a in live if a.workflow_id == ids[1]]
+    assert h.store.live_attempts([]) == []

@@ -55,6 +55,12 @@ SWITCH_INTERVAL_S = 0.001
 5 ms, added about that much to each API request while the bridge loop was busy)."""
 CYCLE_GAP_S = 0.02
 """Shortest time from the start of one cycle to the start of the next (at most 50 a second)."""
+WAKE_GAP_S = 0.1
+"""The same after a cycle that changed nothing when a request (a submission, a cancel) woke
+the loop: a stream of submissions is planned ten times a second, not fifty — each pass reads
+every RUNNING workflow, thousands when many queue, and took the CPU the requests needed.
+Changes found by the rounds (a job's end: its dependants, its webhook) still wait only
+:data:`CYCLE_GAP_S`, and a loop idle for longer than this plans a submission at once."""
 
 
 class ServeError(RuntimeError):
@@ -402,12 +408,14 @@ class Daemon:
             elif ping_every is not None and time.monotonic() - last_ping >= ping_every / 2:
                 notifier.watchdog()  # only when the cycle ran and the API loop beats
                 last_ping = time.monotonic()
+            gap = CYCLE_GAP_S
             if not changed:
-                self.wake.wait(self.bridge.idle_s())
+                if self.wake.wait(self.bridge.idle_s()):
+                    gap = WAKE_GAP_S
                 self.wake.clear()
             # a burst of submissions (each one wakes the loop) is planned in one cycle, and
             # the API keeps its share of the interpreter while the loop is busy
-            self.stop_requested.wait(max(0.0, CYCLE_GAP_S - (time.monotonic() - began)))
+            self.stop_requested.wait(max(0.0, gap - (time.monotonic() - began)))
         return 0
 
     def _reload(self, notifier: Any) -> None:

@@ -1,0 +1,95 @@
+"""The daemon's main loop paces its cycles: a stream of wake-ups from requests (submissions)
+is planned ten times a second (``WAKE_GAP_S``), changes found by the rounds go on at once
+(``CYCLE_GAP_S``), and without a subscriber the change feed is not read at all.
+Fakes around :meth:`bridge.daemon.Daemon._loop`: no sockets, no store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from bridge.daemon import CYCLE_GAP_S, WAKE_GAP_S, Daemon
+
+
+class FakeBridge:
+    def __init__(self, changed: bool) -> None:
+        self.changed = changed
+        self.cycles = 0
+
+        self.at: list[float] = []
+
+    def cycle(self) -> bool:
+        self.cycles += 1
+        self.at.append(time.monotonic())
+        return self.changed
+
+    def idle_s(self) -> float:
+        return 0.25
+
+
+class FakeFeed:
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def poll(self) -> list[dict[str, Any]]:
+        self.polls += 1
+        return []
+
+    def watch_from(self, _since: Any) -> None:
+        pass
+
+
+def run_loop(changed: bool, seconds: float, wake_every: float | None,
+             bridge: FakeBridge | None = None, wake_at: float | None = None,
+             ) -> tuple[int, int]:
+    """Cycles and feed reads in ``seconds`` of the loop, woken every ``wake_every`` s."""
+    d = Daemon.__new__(Daemon)
+    d.stop_requested, d.reload_requested, d.wake = (threading.Event(), threading.Event(),
+                                                    threading.Event())
+    d._last_cycle = time.monotonic()
+    bridge = bridge or FakeBridge(changed)
+    d.bridge = bridge  # type: ignore[assignment]
+    feed = FakeFeed()
+    api = SimpleNamespace(alive=lambda: True, is_alive=lambda: True)
+    ctx = SimpleNamespace(hub=SimpleNamespace(subscribers=0, watched_since=None,
+                                              publish=lambda _events: None))
+    notifier = SimpleNamespace(watchdog_interval_s=None)
+    delivery = SimpleNamespace(poke=lambda: None)
+    loop = threading.Thread(target=d._loop, args=(api, feed, ctx, notifier, delivery))
+    loop.start()
+    if wake_at is not None:
+        threading.Timer(wake_at, d.wake.set).start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if wake_every is not None:
+            d.wake.set()  # what Service.submit_text does for each accepted workflow
+        time.sleep(wake_every or 0.05)
+    d.stop_requested.set()
+    d.wake.set()
+    loop.join(5)
+    assert not loop.is_alive()
+    return bridge.cycles, feed.polls
+
+
+def test_a_stream_of_submissions_is_planned_ten_times_a_second() -> None:
+    cycles, polls = run_loop(changed=False, seconds=2.0, wake_every=0.004)
+    assert 2.0 / WAKE_GAP_S * 0.5 <= cycles <= 2.0 / WAKE_GAP_S + 2, cycles
+    assert polls == 0  # nothing changed: the feed has nothing to read
+
+
+def test_changes_found_by_rounds_are_followed_at_once_and_unwatched_feeds_not_read() -> None:
+    cycles, polls = run_loop(changed=True, seconds=2.0, wake_every=None)
+    assert cycles >= 2.0 / CYCLE_GAP_S * 0.5, cycles  # not held to WAKE_GAP_S
+    assert polls == 0  # nobody listens on /events
+
+
+def test_a_submission_to_an_idle_loop_is_planned_at_once() -> None:
+    """Idle for longer than WAKE_GAP_S: the wake-up's cycle starts without waiting for it."""
+    bridge = FakeBridge(changed=False)
+    t0 = time.monotonic()
+    cycles, _ = run_loop(changed=False, seconds=0.6, wake_every=None, bridge=bridge,
+                         wake_at=0.4)
+    woken = [t - t0 for t in bridge.at if t - t0 >= 0.4]
+    assert woken and woken[0] < 0.4 + WAKE_GAP_S / 2, [t - t0 for t in bridge.at]
