@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -19,6 +20,12 @@ from bridge.runner import Bridge
 from bridge.spec import parse_akoflow
 from bridge.store import Store
 from runtimes.config import ClusterConfig, Clusters, load_cluster
+
+# A suite started in the background by a shell without job control (`cmd &`, nohup, some CI
+# runners) inherits SIGINT ignored, and so would every `akobridge run` the tests start: their
+# Ctrl-C tests would see the signal do nothing. Give the children the default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 LAB = Path(os.environ.get("AKB_LAB", "/var/tmp/akb-lab"))
