@@ -240,8 +240,8 @@ class Service:
                            [problem("name", "unknown activity")])
 
     def activity_detail(self, wf_id: int, name: str) -> dict[str, Any]:
-        """One activity as :meth:`workflow` shows it, and its workflow's summary (a page on
-        one activity of a 2,000-activity workflow need not read the other 1,999)."""
+        """One activity as :meth:`workflow` shows it, and its workflow's summary (the other
+        activities' rows are looked through to find it, but not their attempts or logs)."""
         act = self.activity(wf_id, name)
         wf = self.store.workflow(wf_id)
         assert wf is not None
