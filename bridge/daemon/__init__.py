@@ -63,6 +63,15 @@ Changes found by the rounds (a job's end: its dependants, its webhook) still wai
 :data:`CYCLE_GAP_S`, and a loop idle for longer than this plans a submission at once."""
 
 
+def pause_s(changed: bool, woken: bool, began: float, now: float) -> float:
+    """How long the loop waits before its next cycle, which began at ``began`` (monotonic s):
+    the rest of :data:`CYCLE_GAP_S` after a cycle that changed something or found nothing to
+    wake for, the rest of :data:`WAKE_GAP_S` after a wake-up by a request (nothing when the
+    idle wait alone took longer)."""
+    gap = WAKE_GAP_S if woken and not changed else CYCLE_GAP_S
+    return max(0.0, gap - (now - began))
+
+
 class ServeError(RuntimeError):
     """The daemon cannot start (message says why)."""
 
@@ -408,14 +417,13 @@ class Daemon:
             elif ping_every is not None and time.monotonic() - last_ping >= ping_every / 2:
                 notifier.watchdog()  # only when the cycle ran and the API loop beats
                 last_ping = time.monotonic()
-            gap = CYCLE_GAP_S
+            woken = False
             if not changed:
-                if self.wake.wait(self.bridge.idle_s()):
-                    gap = WAKE_GAP_S
+                woken = self.wake.wait(self.bridge.idle_s())
                 self.wake.clear()
             # a burst of submissions (each one wakes the loop) is planned in one cycle, and
             # the API keeps its share of the interpreter while the loop is busy
-            self.stop_requested.wait(max(0.0, gap - (time.monotonic() - began)))
+            self.stop_requested.wait(pause_s(changed, woken, began, time.monotonic()))
         return 0
 
     def _reload(self, notifier: Any) -> None:
@@ -435,4 +443,4 @@ class Daemon:
         notifier.ready("reloaded")
 
 
-__all__ = ["Daemon", "ServeError", "bind"]
+__all__ = ["Daemon", "ServeError", "bind", "pause_s"]
