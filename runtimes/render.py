@@ -30,6 +30,15 @@ SELECTOR_OPTION = {
 SECRETS_FILE = "secrets.env"
 SECRETS_LINE = f'. "$AKB_JOBDIR/{SECRETS_FILE}" && rm -f "$AKB_JOBDIR/{SECRETS_FILE}" || exit 1\n'
 """The job reads its secrets into its environment and removes the file at once."""
+CONTAINER_ENV_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_")
+"""What Singularity and Apptainer pass into a container under ``--cleanenv`` (or
+``--containall``, or a site's ``singularity.conf``), the prefix stripped: the job's variables
+are exported under both names as well as their own, so they arrive whatever the exec flags
+say. Apptainer takes ``APPTAINERENV_`` over ``SINGULARITYENV_`` (equal here); Singularity
+reads only its own; without ``--cleanenv`` the prefixed
+one overrides the host's variable of the same name, with the same value."""
+CONTAINER_ENV_COMMENT = ("# the job's variables, also inside the container (under --cleanenv only "
+                         "these prefixed names pass)\n")
 
 
 class RenderError(ValueError):
@@ -111,7 +120,7 @@ def render(job: JobSpec, cluster: ClusterConfig) -> Rendered:
         "attempt": job.attempt,
         "prologue": cluster.prologue.rstrip("\n") + "\n" if cluster.prologue.strip() else "",
         "env": "".join(f"export {k}={shlex.quote(v)}\n" for k, v in _env(job).items())
-        + (SECRETS_LINE if job.secrets else ""),
+        + (SECRETS_LINE if job.secrets else "") + _container_env(job, cluster),
         "command": _command(job, cluster) + (" 2>&1" if job.merge_stderr else ""),
     }
     private = {}
@@ -152,6 +161,18 @@ def _env(job: JobSpec) -> Mapping[str, str]:
     for name in job.env:
         _checked(job, safety.check_env_name, name, "env")
     return job.env
+
+
+def _container_env(job: JobSpec, cluster: ClusterConfig) -> str:
+    """The lines that hand the job's variables (``AKB_JOBDIR``, its env, its secrets) to the
+    container under the engines' prefixes. They name the variables, never a value: a secret's
+    value stays in the job's private file."""
+    if cluster.container.engine == "none":
+        return ""
+    names = dict.fromkeys(("AKB_JOBDIR", *job.env, *job.secrets))
+    return CONTAINER_ENV_COMMENT + "".join(
+        "export " + " ".join(f'{prefix}{name}="${{{name}}}"' for prefix in CONTAINER_ENV_PREFIXES)
+        + "\n" for name in names)
 
 
 def _command(job: JobSpec, cluster: ClusterConfig) -> str:

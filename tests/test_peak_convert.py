@@ -13,7 +13,9 @@ import pytest
 from test_peak_definition import CRON, MANUAL, WEBHOOK
 from test_seed_workflow import SDUMONT_LIKE
 
+from bridge.daemon.config import PeakSettings
 from bridge.jobs import render_step
+from bridge.peak.catalogue import Catalogue as PeakCatalogue
 from bridge.peak.catalogue import InstanceType
 from bridge.peak.convert import ConversionError, ExecuteRequest, retry_policy, to_workflow
 from bridge.peak.definition import RetryOptions, parse_definition
@@ -154,8 +156,12 @@ def test_storage_becomes_the_jobs_tmp_disk_within_the_types_limit() -> None:
 def test_the_cron_seeds_step_renders_to_the_golden_script() -> None:
     """The seed's cron step (instance type 21, ``storage: 10GB``, ``stepTimeout: 30``) as
     a job on an SDumont-like cluster: ``--cpus-per-task``, ``--mem``, ``--tmp=10240``,
-    ``--time``; the secrets through the job's private file, never in the script."""
-    wf = to_workflow(parse_definition(CRON[0]), Catalogue("sdumont"))
+    ``--time``, the instance type's partition over the cluster's; the secrets through the
+    job's private file, never in the script; every variable (env, secrets, ``AKB_JOBDIR``)
+    also under the ``SINGULARITYENV_``/``APPTAINERENV_`` names that ``--cleanenv`` passes."""
+    catalogue = Catalogue("sdumont")
+    catalogue.types[21] = InstanceType(21, "sdumont", 1, 1024, partition="sequana_cpu_shared")
+    wf = to_workflow(parse_definition(CRON[0]), catalogue)
     [step] = wf.steps
     rendered = render_step(wf, step, SDUMONT_LIKE, workflow_id=4, attempt=1,
                            token=job_token("0a1b2c", 4, 9, 1),
@@ -164,6 +170,43 @@ def test_the_cron_seeds_step_renders_to_the_golden_script() -> None:
         PEAK_GOLDEN.write_text(rendered.script)
     assert rendered.script == PEAK_GOLDEN.read_text()
     assert "#SBATCH --tmp=10240\n" in rendered.script
+    assert "#SBATCH --partition=sequana_cpu_shared\n" in rendered.script
+    assert "sequana_cpu_dev" not in rendered.script  # the cluster's default, replaced
+    for name in ("AKB_JOBDIR", "key", "secret_1", "secret_2"):
+        assert (f'export SINGULARITYENV_{name}="${{{name}}}" '
+                f'APPTAINERENV_{name}="${{{name}}}"\n') in rendered.script
+
+
+def test_an_instance_types_partition_and_gres_reach_the_sbatch_header() -> None:
+    """``peak.instance_types`` → catalogue → spec → ``#SBATCH --partition``/``--gres`` (the
+    gres from ``gpus`` when none is configured); a type without them keeps the cluster's
+    partition and asks no gres."""
+    peak = PeakSettings.model_validate({
+        "images": [{"id": 1, "version": 1, "image": "/sifs/a.sif"}],
+        "instance_types": [
+            {"id": 1, "cluster": "sdumont", "cpus": 8, "memory": "64Gi", "gpus": 1,
+             "partition": "sequana_gpu", "gres": "gpu:a100:1"},
+            {"id": 2, "cluster": "sdumont", "cpus": 4, "memory": "8Gi", "gpus": 2,
+             "partition": "gdl"},
+            {"id": 3, "cluster": "sdumont", "cpus": 1, "memory": "1Gi"}]})
+    catalogue = PeakCatalogue.from_config(peak)
+    wf = to_workflow(parse_definition({"name": "gpu", "steps": {
+        f"t{i}": {"imageId": 1, "command": "nvidia-smi", "resources": {"instanceTypeId": i}}
+        for i in (1, 2, 3)}}), catalogue)
+    steps = {s.name: s for s in wf.steps}
+    assert steps["t1"].resources.node_selector == {"partition": "sequana_gpu",
+                                                   "gres": "gpu:a100:1"}
+
+    def header(name: str) -> list[str]:
+        script = render_step(wf, steps[name], SDUMONT_LIKE, workflow_id=5, attempt=1,
+                             token=job_token("0a1b2c", 5, 1, 1), jobdir=f"/scratch/j/{name}"
+                             ).script
+        return [line for line in script.splitlines()
+                if line.startswith(("#SBATCH --partition", "#SBATCH --gres"))]
+
+    assert header("t1") == ["#SBATCH --partition=sequana_gpu", "#SBATCH --gres=gpu:a100:1"]
+    assert header("t2") == ["#SBATCH --partition=gdl", "#SBATCH --gres=gpu:2"]
+    assert header("t3") == ["#SBATCH --partition=sequana_cpu_dev"]  # the cluster's own
 
 
 def test_a_converted_execution_runs_its_rules_on_the_local_runtime(

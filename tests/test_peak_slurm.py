@@ -1,28 +1,45 @@
 """Peak executions on the real Slurm cluster: every step is a Slurm job (its id in the
 details, its record in sacct); stop → Stopping → Stopped with the jobs gone from squeue;
 ``resources.storage`` is the job's ``--tmp`` (scontrol's MinTmpDiskNode), refused by sbatch
-above the node's TmpDisk and at create above the instance type's ``max_storage``."""
+above the node's TmpDisk and at create above the instance type's ``max_storage``; an instance
+type's ``partition`` places the job there (sacct's Partition) and its gres reaches sbatch; on
+a cluster whose containers run with ``--cleanenv`` (the test-only singularity stand-in, which
+passes only SINGULARITYENV_* variables then) env, params, secrets, inherited values and
+``AKB_JOBDIR`` still reach the command."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
-from test_peak_definitions_api import Api, peak_daemon
+from test_peak_definitions_api import Api, files_holding, peak_daemon, private_file
 from test_peak_executions_api import definition, details, execute, steps_of, wait
 
-from conftest import lab_cluster, slurm_env
+from conftest import STANDIN_BIN, lab_cluster, slurm_env
+from runtimes.config import ContainerSettings
 
 pytestmark = pytest.mark.slurm
 
+NO_PARTITION = "akb-no-such-partition"
+SECRET = "cl3anenv-" + uuid.uuid4().hex
 PEAK = {"images": [{"id": 1, "version": 1, "image": "docker://alpine:3.20"}],
         "instance_types": [{"id": 31, "cluster": "devslurm", "cpus": 1, "memory": "256Mi"},
                            {"id": 32, "cluster": "devslurm", "cpus": 1, "memory": "256Mi",
-                            "max_storage": "2GB"}],
+                            "max_storage": "2GB"},
+                           # devnopart's own default partition does not exist: only the
+                           # instance type's partition lets its jobs run
+                           {"id": 33, "cluster": "devnopart", "cpus": 1, "memory": "256Mi",
+                            "partition": "debug"},
+                           {"id": 34, "cluster": "devslurm", "cpus": 1, "memory": "256Mi",
+                            "gpus": 1},  # gres gpu:1; the lab node has no GPU
+                           {"id": 35, "cluster": "devsing", "cpus": 1, "memory": "256Mi"}],
         "defaults": {"instance_type": 31, "storage": "1GB"}}
 
 
@@ -33,9 +50,22 @@ def slurm_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     clusters = tmp / "clusters"
     clusters.mkdir()
     cluster = lab_cluster("local", tmp)
-    (clusters / "devslurm.yaml").write_text(
-        yaml.safe_dump(cluster.model_dump(mode="json", exclude_none=True)))
-    yield from peak_daemon(tmp, {"peak": PEAK})  # its lists replace the shipped ones
+    variants = {
+        "devslurm": cluster,
+        "devnopart": cluster.model_copy(update={
+            "name": "devnopart", "aliases": (),
+            "slurm": cluster.slurm.model_copy(update={"partition": NO_PARTITION})}),
+        "devsing": cluster.model_copy(update={
+            "name": "devsing", "aliases": (),
+            "container": ContainerSettings(engine="singularity", exec_flags=("--cleanenv",),
+                                           image_cache=str(tmp / "cache")),
+            "env": {**cluster.env, "PATH": f"{STANDIN_BIN}:{os.environ['PATH']}"}})}
+    for name, config in variants.items():
+        (clusters / f"{name}.yaml").write_text(
+            yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    secrets = private_file(tmp / "secrets", f"secret-1={SECRET}\n")
+    # its lists replace the shipped ones
+    yield from peak_daemon(tmp, {"peak": {**PEAK, "secrets_file": secrets}})
 
 
 def squeue_ids() -> set[str]:
@@ -150,3 +180,76 @@ def test_storage_above_the_instance_types_max_storage_is_refused(slurm_api: Api)
     assert slurm_api.create(definition("slurm-storage-max", {
         "a": {"imageId": 1, "imageVersionId": 1, "command": "true",
               "resources": {"instanceTypeId": 32, "storage": "2GB"}}}))
+
+
+def sacct_field(job: str, field: str) -> str:
+    """One accounting field of a job (accounting lags its end a moment)."""
+    deadline = time.monotonic() + 20
+    while True:
+        value = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", field],
+                               env=slurm_env(), text=True, capture_output=True,
+                               check=True).stdout.strip()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def log_lines(api: Api, wf_id: int, ex: str, step: str) -> list[str]:
+    page = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
+                    params={"stepName": step}).json()
+    return [line["message"] for line in page["logs"]]
+
+
+def test_an_instance_types_partition_places_the_job(slurm_api: Api) -> None:
+    """Type 33's cluster defaults to a partition Slurm does not have (sbatch would refuse
+    it); the type's ``partition: debug`` replaces it, and the job runs there."""
+    wf_id = slurm_api.create(definition("slurm-partition", {
+        "a": {"imageId": 1, "imageVersionId": 1, "resources": {"instanceTypeId": 33},
+              "command": 'echo "partition=$SLURM_JOB_PARTITION"'}}))
+    ex = execute(slurm_api, wf_id)
+    got = wait(slurm_api, wf_id, ex, {"Success", "Failed"}, timeout=120)
+    assert got["status"] == "Success", got["steps"]
+    assert sacct_field(got["steps"][0]["jobId"], "Partition") == "debug"
+    assert log_lines(slurm_api, wf_id, ex, "a") == ["partition=debug"]
+
+
+def test_an_instance_types_gres_reaches_sbatch(slurm_api: Api) -> None:
+    """Type 34 has ``gpus: 1`` (so ``--gres=gpu:1``); the lab node declares no GRES, so
+    sbatch refuses the job and the step fails with its message instead of running."""
+    wf_id = slurm_api.create(definition("slurm-gres", {
+        "a": {"imageId": 1, "imageVersionId": 1, "resources": {"instanceTypeId": 34},
+              "command": "true"}}))
+    got = wait(slurm_api, wf_id, execute(slurm_api, wf_id), {"Success", "Failed"},
+               timeout=60)
+    [step] = got["steps"]
+    assert (got["status"], step["status"], step["jobId"]) == ("Failed", "Failed", None), step
+    assert "Invalid generic resource (gres) specification" in step["output"]["message"]
+
+
+def test_variables_reach_a_cleanenv_container(slurm_api: Api) -> None:
+    """``exec_flags: [--cleanenv]``: the stand-in then gives the command only the
+    SINGULARITYENV_* variables (and PATH, HOME...), as Singularity does — not even
+    SLURM_JOB_ID. The step's env, an execute param, a secret, an inherited output and
+    AKB_JOBDIR all arrive; the secret's value is in no file the bridge wrote."""
+    wf_id = slurm_api.create(definition("slurm-cleanenv", {
+        "up": {"imageId": 1, "imageVersionId": 1, "resources": {"instanceTypeId": 35},
+               "command": "printf from-up > up.txt", "outputParameters": {"UP": "up.txt"}},
+        "show": {"imageId": 1, "imageVersionId": 1, "resources": {"instanceTypeId": 35},
+                 "parents": ["up"], "parameters": {
+                     "env": {"GREETING": "hi there"}, "secrets": ["secret-1"],
+                     "inherit": {"FROM_UP": "UP"}},
+                 "command": 'echo "env=$GREETING param=$WHO inherit=$FROM_UP '
+                            'slurm=${SLURM_JOB_ID:-none}"; echo "jobdir=$AKB_JOBDIR"; '
+                            f'test "$secret_1" = {SECRET[:9]}"${{secret_1#{SECRET[:9]}}}" '
+                            '&& echo "secret length ${#secret_1}"'}}))
+    ex = execute(slurm_api, wf_id, {"params": {"global": {"WHO": "all"}}})
+    got = wait(slurm_api, wf_id, ex, {"Success", "Failed"}, timeout=120)
+    assert got["status"] == "Success", got["steps"]
+    lines = log_lines(slurm_api, wf_id, ex, "show")
+    assert lines[0] == "env=hi there param=all inherit=from-up slurm=none", lines
+    assert lines[2] == f"secret length {len(SECRET)}", lines
+    jobdir = Path(lines[1].removeprefix("jobdir="))
+    argv = (jobdir / "container-argv").read_bytes().split(b"\0")
+    assert argv[1:3] == [b"exec", b"--cleanenv"], argv  # the container ran clean
+    tmp = slurm_api.daemon.state.parent
+    assert files_holding(tmp, SECRET) == []

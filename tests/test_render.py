@@ -71,6 +71,28 @@ def test_script_is_valid_bash_and_reads_like_the_design() -> None:
                          '/bin/bash "$AKB_JOBDIR/command.sh"')
 
 
+def test_the_jobs_variables_reach_the_container_under_both_prefixes() -> None:
+    """``--cleanenv`` passes only ``SINGULARITYENV_*``/``APPTAINERENV_*``: ``AKB_JOBDIR``,
+    the env and the secrets are exported under both names (by reference: a secret's value
+    stays in the private file); without a container nothing of the kind."""
+    job = JobSpec(workflow="w", workflow_id=3, activity="a", attempt=1, token="akb-t-3-1-1",
+                  jobdir="/w/j", run="x", image="/img/x.sif", env={"K": "it's"},
+                  secrets={"tok": "s3cr3t-value"})
+    rendered = render(job, CLUSTER)
+    lines = rendered.script.splitlines()
+    passed = [line for line in lines if "ENV_" in line and line.startswith("export ")]
+    assert passed == [f'export SINGULARITYENV_{n}="${{{n}}}" APPTAINERENV_{n}="${{{n}}}"'
+                      for n in ("AKB_JOBDIR", "K", "tok")]
+    assert lines.index(passed[0]) > lines.index("export K='it'\"'\"'s'")
+    assert lines.index(passed[-1]) > next(i for i, line in enumerate(lines)
+                                          if "secrets.env" in line)  # read before
+    assert "s3cr3t-value" not in rendered.script
+    assert subprocess.run(["bash", "-n"], input=rendered.script, text=True,
+                          check=False).returncode == 0
+    local = render(job, LOCAL.model_copy(update={"workdir": "/w"})).script
+    assert "SINGULARITYENV_" not in local and "APPTAINERENV_" not in local
+
+
 def test_node_selector_partition_overrides_the_cluster_default() -> None:
     script = _render(Step(name="s", run="x", resources=Resources(
         node_selector={"partition": "gpu", "zone": "ignored"})))

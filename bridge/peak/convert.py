@@ -3,11 +3,12 @@ that the engine and the runtimes run (one Slurm job, or local process, per step 
 
 Images and instance types come from the daemon's catalogue (``peak:`` in its config): an
 ``imageId``/``imageVersionId`` names a ``.sif`` or a ``docker://`` reference, an
-``instanceTypeId`` a cluster and its shape (CPUs, memory), ``resources.storage`` the job's
-``--tmp`` (at most the instance type's ``max_storage``; none given: no ``--tmp``). Retry
-options: a step's ``runConfiguration.retryOptions`` replaces the workflow's;
-``exponentialBackoff`` doubles the ``duration`` after each failed try; no ``retryOptions``
-anywhere: no retry.
+``instanceTypeId`` a cluster and its shape (CPUs, memory, and the Slurm partition and gres
+it names, as ``--partition``/``--gres`` that replace the cluster config's defaults),
+``resources.storage`` the job's ``--tmp`` (at most the instance type's ``max_storage``;
+none given: no ``--tmp``). Retry options: a step's ``runConfiguration.retryOptions``
+replaces the workflow's; ``exponentialBackoff`` doubles the ``duration`` after each failed
+try; no ``retryOptions`` anywhere: no retry.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class Shape(Protocol):
     def cpus(self) -> int: ...
     @property
     def memory_mib(self) -> int: ...
+    @property
+    def partition(self) -> str | None: ...
+    @property
+    def gres(self) -> str | None: ...
     def storage_problem(self, storage: str) -> str | None: ...
 
 
@@ -143,7 +148,8 @@ def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
         parents=tuple(p for p in step.parents or [] if p in chosen),
         resources=Resources(cpus=shape.cpus, memory_mib=shape.memory_mib,
                             time_limit_s=step.step_timeout,
-                            tmp_disk_mib=parse_storage_mib(storage) if storage else None),
+                            tmp_disk_mib=parse_storage_mib(storage) if storage else None,
+                            node_selector=placement(shape)),
         retry=retry_policy(options), env=env, when=_when(step, chosen),
         outputs=dict(step.output_parameters or {}),
         secrets=tuple(step.parameters.secrets or []) if step.parameters else (),
@@ -154,6 +160,14 @@ def _step(name: str, step: PeakStep, defn: Definition, catalogue: Catalogue,
         if step.repository else None,
         source=step.model_dump(mode="json", by_alias=True, exclude_none=True),
     )
+
+
+def placement(shape: Shape) -> dict[str, str]:
+    """The instance type's Slurm placement as the spec's selector keys (``partition``,
+    ``gres``), which the job script renders as ``#SBATCH --partition``/``--gres`` over the
+    cluster config's own ``slurm.partition`` (``runtimes.render.SELECTOR_OPTION``)."""
+    return {key: value for key, value in (("partition", shape.partition), ("gres", shape.gres))
+            if value}
 
 
 def _inherit(name: str, step: PeakStep, defn: Definition,
@@ -210,5 +224,5 @@ def _when(step: PeakStep, chosen: set[str]) -> RunWhen:
                    skip=bool(skip and skip.skip), skip_dag=bool(skip and skip.skip_dag))
 
 
-__all__ = ["Catalogue", "ConversionError", "ExecuteRequest", "retry_policy", "selected",
-           "to_workflow"]
+__all__ = ["Catalogue", "ConversionError", "ExecuteRequest", "placement", "retry_policy",
+           "selected", "to_workflow"]
