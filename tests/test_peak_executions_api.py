@@ -165,6 +165,53 @@ def test_conditions_and_a_cleanup_after_failure(api: Api) -> None:
     assert got["status"] == "Failed"
 
 
+def test_not_equals_runs_a_step_only_when_the_output_differs(api: Api) -> None:
+    def unless(value: str) -> dict[str, Any]:
+        return {"conditional": [{"condition": "not-equals", "paramName": "answer",
+                                 "stepName": "ask", "value": value}]}
+    wf_id = api.create(definition("exec-not-equals", {
+        "ask": {"command": "echo yes > answer.txt", "outputParameters": {"answer": "answer.txt"}},
+        "unless_no": {"command": "echo ran", "parents": ["ask"],
+                      "executionParameters": unless("no")},
+        "unless_yes": {"command": "exit 4", "parents": ["ask"],
+                       "executionParameters": unless("yes")},
+        "after_unless_yes": {"command": "exit 5", "parents": ["unless_yes"]}}))
+    got = wait(api, wf_id, execute(api, wf_id), {"Success", "Failed"})
+    steps = steps_of(got)
+    assert {n: s["status"] for n, s in steps.items()} == {
+        "ask": "Success", "unless_no": "Success", "unless_yes": "Skipped",
+        "after_unless_yes": "Skipped"}
+    assert steps["unless_yes"]["jobId"] is None and steps["after_unless_yes"]["jobId"] is None
+    assert "not-equals" in steps["unless_yes"]["output"]["message"]
+    assert got["status"] == "Success"  # skipped by a rule is not a failure
+
+
+def test_skip_configuration_skip_and_skip_dag(api: Api) -> None:
+    """``skip``: the step is Skipped (its command, which would fail, never runs) and its
+    dependent runs; with ``skipDAG`` its dependents, and theirs, are Skipped too."""
+    def skip(dag: bool) -> dict[str, Any]:
+        return {"skipConfiguration": {"skip": True, "skipDAG": dag}}
+    wf_id = api.create(definition("exec-skips", {
+        "skipped": {"command": "exit 3", "runConfiguration": skip(False)},
+        "after_skipped": {"command": "echo ran", "parents": ["skipped"]},
+        "skipped_dag": {"command": "exit 3", "runConfiguration": skip(True)},
+        "child": {"command": "exit 4", "parents": ["skipped_dag"]},
+        "grandchild": {"command": "exit 5", "parents": ["child"]}}))
+    ex = execute(api, wf_id)
+    got = wait(api, wf_id, ex, {"Success", "Failed"})
+    steps = steps_of(got)
+    assert {n: s["status"] for n, s in steps.items()} == {
+        "skipped": "Skipped", "after_skipped": "Success", "skipped_dag": "Skipped",
+        "child": "Skipped", "grandchild": "Skipped"}
+    assert all(steps[n]["jobId"] is None for n in ("skipped", "skipped_dag", "child",
+                                                     "grandchild"))
+    assert "skipConfiguration" in steps["skipped"]["output"]["message"]
+    page = api.call("GET", f"/workflows/{wf_id}/executions/{ex}/logs",
+                    params={"stepName": "after_skipped"}).json()
+    assert [line["message"] for line in page["logs"]] == ["ran"]
+    assert got["status"] == "Success"
+
+
 def test_steps_to_run_and_params(api: Api) -> None:
     wf_id = api.create(definition("exec-some", {
         "a": {"command": "echo $GREETING-$WHO"}, "b": {"command": "true", "parents": ["a"]},
