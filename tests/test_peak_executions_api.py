@@ -146,10 +146,16 @@ def test_retries_follow_exit_codes_with_growing_delays(api: Api, tmp_path: Path)
     assert gaps[1] > gaps[0]
 
 
+def on_answer(condition: str, value: str) -> dict[str, Any]:
+    """``executionParameters``: run when step ask's output ``answer`` equals / does not equal
+    ``value``."""
+    return {"conditional": [{"condition": condition, "paramName": "answer", "stepName": "ask",
+                             "value": value}]}
+
+
 def test_conditions_and_a_cleanup_after_failure(api: Api) -> None:
     def when(value: str) -> dict[str, Any]:
-        return {"conditional": [{"condition": "equals", "paramName": "answer",
-                                 "stepName": "ask", "value": value}]}
+        return on_answer("equals", value)
     wf_id = api.create(definition("exec-rules", {
         "ask": {"command": "echo yes > answer.txt", "outputParameters": {"answer": "answer.txt"}},
         "on_yes": {"command": "true", "parents": ["ask"], "executionParameters": when("yes")},
@@ -167,8 +173,7 @@ def test_conditions_and_a_cleanup_after_failure(api: Api) -> None:
 
 def test_not_equals_runs_a_step_only_when_the_output_differs(api: Api) -> None:
     def unless(value: str) -> dict[str, Any]:
-        return {"conditional": [{"condition": "not-equals", "paramName": "answer",
-                                 "stepName": "ask", "value": value}]}
+        return on_answer("not-equals", value)
     wf_id = api.create(definition("exec-not-equals", {
         "ask": {"command": "echo yes > answer.txt", "outputParameters": {"answer": "answer.txt"}},
         "unless_no": {"command": "echo ran", "parents": ["ask"],
