@@ -25,6 +25,9 @@ API_REQUESTS = Counter("akobridge_api_requests_total", "HTTP requests by route a
 WORKFLOWS_ACCEPTED = Counter("akobridge_workflows_accepted_total",
                              "Workflows stored, by intake (api, spool, cli).", ["intake"],
                              registry=REGISTRY)
+INTAKE_BATCH = Histogram("akobridge_intake_batch_workflows",
+                         "API submissions stored per transaction (group commit).",
+                         registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
-__all__ = ["API_REQUESTS", "POLL_SECONDS", "REGISTRY", "WEBHOOK_DELIVERIES", "WEBHOOK_QUEUE",
-           "WORKFLOWS_ACCEPTED"]
+__all__ = ["API_REQUESTS", "INTAKE_BATCH", "POLL_SECONDS", "REGISTRY", "WEBHOOK_DELIVERIES",
+           "WEBHOOK_QUEUE", "WORKFLOWS_ACCEPTED"]

@@ -26,7 +26,7 @@ from bridge.jobs import render_step
 from bridge.phases.plan import Planner, PlanResult
 from bridge.phases.prepare import staged_volumes, volumes_to_stage
 from bridge.spec.model import Workflow
-from bridge.store import Store, WorkflowRow, now_utc
+from bridge.store import RunningHeads, Store, WorkflowRow, now_utc
 from bridge.worker import ClusterWorker, RoundOrder
 from runtimes import Runtime, open_runtime
 from runtimes.config import ClusterConfig, Clusters, UnknownCluster
@@ -98,6 +98,8 @@ class Bridge:
         self._runtime_locks: dict[str, threading.Lock] = {}
         self._lanes: dict[str, _Lane] = {}
         self.planner = Planner(store, self.cluster, self._staged, clock)
+        self.heads = RunningHeads(store)
+        """The RUNNING workflows' heads, read incrementally each cycle."""
         self.unreachable: dict[str, str] = {}
         """Cluster → why its last round could not reach it."""
         self.raise_refusals = True
@@ -142,6 +144,12 @@ class Bridge:
         retry defaults of each step's cluster where the file set none (the stored policy is
         the one applied, whatever the cluster config says later). ``store``: the calling
         thread's connection (default: the bridge's own)."""
+        ((wf_id, _),) = self.store_checked([(self.check(wf), intake_key)], store)
+        return wf_id
+
+    def check(self, wf: Workflow) -> Workflow:
+        """The workflow as it will be stored: every step renders on its cluster (else a
+        :class:`SubmissionError`), retry defaults from each step's cluster filled in."""
         for step in wf.steps:
             cfg = self.cluster(step.runtime or wf.runtime)
             try:
@@ -149,11 +157,19 @@ class Bridge:
                             attempt=1)
             except RenderError as exc:
                 raise SubmissionError(str(exc)) from None
-        wf = wf.with_retry_defaults(lambda name: self.cluster(name).retry.policy())
-        wf_id = (store or self.store).add_workflow(wf, intake_key,
-                                                   prepared=not self._to_prepare(wf))
-        log.info("workflow accepted", workflow=wf_id, name=wf.name, activities=len(wf.steps))
-        return wf_id
+        return wf.with_retry_defaults(lambda name: self.cluster(name).retry.policy())
+
+    def store_checked(self, items: list[tuple[Workflow, str | None]],
+                      store: Store | None = None) -> list[tuple[int, bool]]:
+        """Store workflows that passed :meth:`check` (with their intake keys) in ONE
+        transaction; per workflow its id and whether it is new (False: its key was known)."""
+        stored = (store or self.store).add_workflows(
+            [(wf, key, not self._to_prepare(wf)) for wf, key in items])
+        for (wf, _), (wf_id, new) in zip(items, stored, strict=True):
+            if new:
+                log.info("workflow accepted", workflow=wf_id, name=wf.name,
+                         activities=len(wf.steps))
+        return stored
 
     # -- runtimes and workers -----------------------------------------------------------------
     def runtime(self, name: str) -> Runtime:
@@ -234,7 +250,7 @@ class Bridge:
         """Plan, run one round per cluster (waiting up to :data:`ROUND_WAIT_S`); True if
         anything changed. ``wf_ids``: the workflows to drive (default: all active ones)."""
         changed = self._collect()
-        heads = self.store.running_heads()  # one read of the RUNNING rows serves both
+        heads = self.heads.read()  # the changed RUNNING rows; serves both
         driven = set(heads) if wf_ids is None else set(heads) & set(wf_ids)
         plan = self.planner.plan(driven, heads)
         changed |= plan.changed

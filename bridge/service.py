@@ -151,22 +151,39 @@ class Service:
         copy next, like the spool; otherwise a commit survives a kill, not a power cut."""
         if durable:
             self.store.db.execute("PRAGMA synchronous=FULL")
-        wf = self.parse(text)
-        if runtime:
-            wf = wf.model_copy(update={"runtime": runtime})
-        self.check_policy(wf)
+        wf = self.prepare(text, runtime)
         if intake_key is not None:
             known = self.store.workflow_by_intake_key(intake_key)
             if known is not None:  # a retried request, a spool file seen before a crash
                 return known, wf
+        ((wf_id, _),) = self.store_prepared([(wf, intake_key)], intake)
+        return wf_id, wf
+
+    def prepare(self, text: str, runtime: str | None = None) -> Workflow:
+        """Parse and check a workflow for :meth:`store_prepared`: the spec, ``runtime``
+        instead of its own, the URL and staging policy, every step renderable where it
+        runs (each a :class:`ServiceError` naming the field)."""
+        wf = self.parse(text)
+        if runtime:
+            wf = wf.model_copy(update={"runtime": runtime})
         try:
-            wf_id = self.bridge.submit(wf, intake_key, store=self.store)
+            self.check_policy(wf)
+            return self.bridge.check(wf)
         except SubmissionError as exc:
             raise ServiceError(422, "the workflow cannot run here",
                                [problem("spec.runtime", str(exc))]) from None
-        metrics.WORKFLOWS_ACCEPTED.labels(intake).inc()  # new ones only (a race adds one)
-        self.wake()
-        return wf_id, wf
+
+    def store_prepared(self, items: list[tuple[Workflow, str | None]],
+                       intake: str = "api") -> list[tuple[int, bool]]:
+        """Store workflows from :meth:`prepare` in one transaction on this thread's
+        connection; per workflow its id and whether it is new (see
+        :meth:`Bridge.store_checked`). Wakes the owner's loop."""
+        stored = self.bridge.store_checked(items, store=self.store)
+        fresh = sum(new for _, new in stored)
+        if fresh:
+            metrics.WORKFLOWS_ACCEPTED.labels(intake).inc(fresh)
+            self.wake()
+        return stored
 
     # -- reads ----------------------------------------------------------------------------------
     def workflows(self, *, state: str | None = None, name: str | None = None,

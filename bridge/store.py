@@ -12,7 +12,8 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -186,6 +187,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX peak_notifications_due ON peak_notifications(state, next_try_at);
     """,
+    # 11: a change sequence over all workflows: every change that moves a workflow's head
+    #     (its revision, state, phases) gives it the next ``seq``, so a cycle reads only the
+    #     workflows that changed since the last one (RunningHeads), not every RUNNING row
+    """
+    ALTER TABLE workflows ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE workflows SET seq = id;
+    CREATE INDEX workflows_seq ON workflows(seq);
+    CREATE TRIGGER workflows_seq_insert AFTER INSERT ON workflows BEGIN
+        UPDATE workflows SET seq = (SELECT max(seq) FROM workflows) + 1 WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER workflows_seq_update AFTER UPDATE OF state, rev, runtime, prepared_at,
+        staged_out_at, stage_out_error ON workflows BEGIN
+        UPDATE workflows SET seq = (SELECT max(seq) FROM workflows) + 1 WHERE id = NEW.id;
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LIVE_STATES = ("SUBMITTING", "QUEUED", "RUNNING")
@@ -298,6 +314,41 @@ class WorkflowHead(NamedTuple):
     prepared: bool
 
 
+class RunningHeads:
+    """The heads of the RUNNING workflows, kept from one :meth:`read` to the next by the
+    change sequence (``workflows.seq``): a read costs one indexed query for the workflows
+    that changed since the last read, not a pass over every RUNNING row (thousands when
+    many queue). The whole set is read at the first call and every :data:`RESYNC_S`."""
+
+    RESYNC_S = 60.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._heads: dict[int, WorkflowHead] = {}
+        self._seq: int | None = None
+        self._full_at = 0.0
+
+    def read(self) -> Mapping[int, WorkflowHead]:
+        """Workflow id → head, for every RUNNING workflow as of now (do not keep it: the
+        next read updates it in place)."""
+        now = time.monotonic()
+        if self._seq is None or now - self._full_at >= self.RESYNC_S:
+            # the sequence first: a change between the two reads is read again next time
+            seq = self.store.db.execute("SELECT coalesce(max(seq), 0) FROM workflows"
+                                        ).fetchone()[0]
+            self._heads = self.store.running_heads()
+            self._seq, self._full_at = int(seq), now
+            return self._heads
+        rows, self._seq = self.store.head_changes(self._seq)
+        for wf_id, state, runtime, *signature in rows:
+            if state == WorkflowState.RUNNING.value:
+                self._heads[wf_id] = WorkflowHead(runtime, tuple(signature),
+                                                  signature[1] is not None)
+            else:
+                self._heads.pop(wf_id, None)
+        return self._heads
+
+
 class Store:
     """SQLite-backed state; one instance per thread (connections are not shared)."""
 
@@ -373,28 +424,41 @@ class Store:
         ``prepared``: it has nothing to stage in and no image to check, so it is stored
         prepared (the planner plans it at once, no round of its cluster's worker first).
         """
-        now = iso(now_utc())
-        with self.transaction() as db:
-            if intake_key is not None:
-                row = db.execute("SELECT id FROM workflows WHERE intake_key=?",
-                                 (intake_key,)).fetchone()
-                if row:
-                    return int(row[0])
-            cur = db.execute(
-                "INSERT INTO workflows(name, namespace, runtime, source_format, raw, spec, state,"
-                " created_at, intake_key, prepared_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (wf.name, wf.namespace, wf.runtime, wf.source_format, wf.raw,
-                 wf.model_dump_json(), WorkflowState.RUNNING.value, now, intake_key,
-                 now if prepared else None),
-            )
-            wf_id = int(cur.lastrowid or 0)
-            db.executemany(
-                "INSERT INTO activities(workflow_id, position, name, spec, state, created_at)"
-                " VALUES (?,?,?,?,?,?)",
-                [(wf_id, i, s.name, s.model_dump_json(), ActivityState.PENDING.value, now)
-                 for i, s in enumerate(wf.steps)],
-            )
+        ((wf_id, _),) = self.add_workflows([(wf, intake_key, prepared)])
         return wf_id
+
+    def add_workflows(self, items: list[tuple[Workflow, str | None, bool]]
+                      ) -> list[tuple[int, bool]]:
+        """:meth:`add_workflow` for many (workflow, intake key, prepared) in ONE transaction
+        (the API's group commit); per item its id and whether it is new — an item whose key
+        is already stored, or was taken by an earlier item of the same call, gets that
+        workflow's id and False."""
+        now = iso(now_utc())
+        out: list[tuple[int, bool]] = []
+        with self.transaction() as db:
+            for wf, intake_key, prepared in items:
+                if intake_key is not None:
+                    row = db.execute("SELECT id FROM workflows WHERE intake_key=?",
+                                     (intake_key,)).fetchone()
+                    if row:
+                        out.append((int(row[0]), False))
+                        continue
+                cur = db.execute(
+                    "INSERT INTO workflows(name, namespace, runtime, source_format, raw, spec,"
+                    " state, created_at, intake_key, prepared_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (wf.name, wf.namespace, wf.runtime, wf.source_format, wf.raw,
+                     wf.model_dump_json(), WorkflowState.RUNNING.value, now, intake_key,
+                     now if prepared else None),
+                )
+                wf_id = int(cur.lastrowid or 0)
+                db.executemany(
+                    "INSERT INTO activities(workflow_id, position, name, spec, state,"
+                    " created_at) VALUES (?,?,?,?,?,?)",
+                    [(wf_id, i, s.name, s.model_dump_json(), ActivityState.PENDING.value, now)
+                     for i, s in enumerate(wf.steps)],
+                )
+                out.append((wf_id, True))
+        return out
 
     # -- requests from the commands ----------------------------------------------------------
     def request_cancel(self, wf_id: int, names: Iterable[str] | None = None) -> list[str]:
@@ -457,6 +521,17 @@ class Store:
         rows = cur.execute("SELECT id, runtime, rev, prepared_at, staged_out_at,"
                            " stage_out_error FROM workflows WHERE state='RUNNING'")
         return {r[0]: WorkflowHead(r[1], r[2:], r[3] is not None) for r in rows}
+
+    def head_changes(self, after: int) -> tuple[list[tuple[Any, ...]], int]:
+        """The workflows whose head changed after sequence number ``after`` (id, state,
+        runtime, rev, prepared_at, staged_out_at, stage_out_error), and the newest sequence
+        number they carry (``after`` when none changed)."""
+        cur = self.db.cursor()
+        cur.row_factory = None
+        rows = cur.execute("SELECT id, state, runtime, rev, prepared_at, staged_out_at,"
+                           " stage_out_error, seq FROM workflows WHERE seq > ? ORDER BY seq",
+                           (after,)).fetchall()
+        return [r[:7] for r in rows], (rows[-1][7] if rows else after)
 
     def active_ids(self, wf_ids: Iterable[int] | None = None) -> set[int]:
         """Ids of RUNNING workflows (of ``wf_ids`` only, when given)."""

@@ -46,8 +46,7 @@ async def _submit(request: Request, body: WorkflowIn, key: str | None) -> tuple[
     ctx = context(request)
     text = decode_workflow(body.workflow)
     intake_key = f"api:{key}" if key else None
-    wf_id, wf = await run_in_threadpool(ctx.service.submit_text, text, intake="api",
-                                        intake_key=intake_key, runtime=body.runtime)
+    wf_id, wf = await ctx.intake.submit(text, intake_key=intake_key, runtime=body.runtime)
     return wf_id, wf.name
 
 

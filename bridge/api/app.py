@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, metrics
 from bridge.api.stream import EventHub
+from bridge.intake import GroupIntake
 from bridge.peak.catalogue import EMPTY, Catalogue
 from bridge.service import Service, ServiceError
 
@@ -87,6 +88,11 @@ class ApiContext:
     on_definition_change: Callable[[int], None] = lambda _wf_id: None
     """Called with a Peak definition's id after create, PUT, delete, pause and resume (the
     daemon re-reads its cron trigger)."""
+    intake: GroupIntake = field(init=False)
+    """The AkoFlow routes' submissions, stored by one writer in group commits."""
+
+    def __post_init__(self) -> None:
+        self.intake = GroupIntake(self.service)
 
 
 def error_response(status: int, error: str, detail: list[dict[str, Any]] | None = None,
@@ -254,12 +260,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         log.exception("request failed", path=req.url.path)
         return error_response(500, "internal error (logged by the daemon)")
 
-    # executions first: /workflows/executions/{id} would otherwise reach /workflows/{id}
+    # routes match in this order: the AkoFlow intake first (the busiest; its paths are
+    # exact), Peak executions before monitoring (/workflows/executions/{id} would
+    # otherwise reach /workflows/{id})
+    app.include_router(akoflow.router, responses=COMMON_ERRORS)
     app.include_router(peak_executions.router, responses=COMMON_ERRORS)
     app.include_router(peak_triggers.router, responses=COMMON_ERRORS)
     app.include_router(peak.router, responses=COMMON_ERRORS)
     app.include_router(peak.side_router)
-    app.include_router(akoflow.router, responses=COMMON_ERRORS)
     app.include_router(monitoring.router, responses=COMMON_ERRORS)
     _mount_ui(app)
     app.add_middleware(Guard, ctx=ctx)

@@ -3,7 +3,8 @@ workflow of it.
 
 Threads: the *main loop* (this module) runs the bridge cycles, publishes state changes and
 pings the systemd watchdog only when the cycle and the API loop both made progress; uvicorn
-serves the API on its own thread and event loop; each cluster's rounds run on the cluster's
+serves the API on its own thread and event loop, and one writer thread stores the AkoFlow
+submissions in group commits (:mod:`bridge.intake`); each cluster's rounds run on the cluster's
 own thread (:mod:`bridge.runner`); webhook delivery has a thread per destination; the spool
 scan and the metrics refresh are APScheduler jobs. SIGTERM/SIGINT stop cleanly (Slurm jobs
 keep running and are picked up after a restart), SIGHUP reloads the cluster configs. Peak
@@ -329,6 +330,7 @@ class Daemon:
             if self._spool is not None:
                 self._spool.close()
             api.stop()
+            ctx.intake.close()
             delivery.stop(timeout=2)
             self.bridge.close()
             collector.unregister()

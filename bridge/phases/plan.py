@@ -99,6 +99,9 @@ class Planner:
         self._buckets: dict[str, Bucket] = {}
         self._room_seen: dict[str, bool] = {}
         """Cluster → whether it has room for a new job, as far as this pass knows."""
+        self._live: dict[str, int] = {}
+        """Cluster → its live jobs as this pass counts them (read once, plus the attempts
+        it created; jobs ending meanwhile only make it count high, never over the limit)."""
         self._quiet: dict[int, Quiet] = {}
         """Workflows whose last pass changed nothing, and until when that holds."""
 
@@ -115,6 +118,7 @@ class Planner:
         now = self.clock()
         room: dict[str, bool] = {}
         self._room_seen = room
+        self._live = {}
         for wf_id in sorted(wf_ids):
             head = heads.get(wf_id)
             if head is None:
@@ -144,9 +148,16 @@ class Planner:
         if cluster_name not in seen:
             cluster = self.cluster(cluster_name)
             bucket = self._buckets.get(cluster_name)
-            seen[cluster_name] = self._limit(cluster) > self.store.live_count(cluster_name) \
+            seen[cluster_name] = self._limit(cluster) > self._live_count(cluster.name) \
                 and (bucket is None or bucket.peek(time.monotonic()) >= 1)
         return seen[cluster_name]
+
+    def _live_count(self, cluster_name: str) -> int:
+        """The cluster's live jobs, read once per pass (see ``_live``)."""
+        count = self._live.get(cluster_name)
+        if count is None:
+            count = self._live[cluster_name] = self.store.live_count(cluster_name)
+        return count
 
     def _plan_one(self, wf: WorkflowRow, result: PlanResult,
                   now: datetime) -> tuple[bool, Quiet | None]:
@@ -228,7 +239,7 @@ class Planner:
     def capacity(self, cluster: ClusterConfig, want: int) -> int:
         """How many of ``want`` new jobs the queue limit, ``max_running`` and the submit rate
         allow now."""
-        room = max(0, self._limit(cluster) - self.store.live_count(cluster.name))
+        room = max(0, self._limit(cluster) - self._live_count(cluster.name))
         bucket = self._buckets.setdefault(cluster.name, Bucket(
             cluster.slurm.max_submit_per_minute, cluster.slurm.max_submit_per_minute,
             time.monotonic()))
@@ -269,4 +280,5 @@ class Planner:
                          cluster.name, jobdir(cluster, self.store.instance, wf, act, number)))
                     result.created[cluster.name].add(int(ins.lastrowid or 0))
                     created += 1
+                    self._live[cluster.name] = self._live_count(cluster.name) + 1
         return created > 0, blocked
