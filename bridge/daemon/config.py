@@ -10,10 +10,17 @@ import ipaddress
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from bridge.notify.webhooks import MAX_ATTEMPTS, WebhookSettings
 from bridge.spec.quantities import parse_duration_s, parse_memory_mib, parse_storage_mib
@@ -182,13 +189,65 @@ class StagingSettings(_Strict):
     """Local directories API and spool workflows may stage from (and back to)."""
 
 
+SMTPS_PORT = 465
+SmtpTls = Literal["starttls", "ssl", "none"]
+
+
+def smtp_tls_mode(tls: SmtpTls | None, starttls: bool, port: int) -> SmtpTls:
+    """How an SMTP connection is protected: ``tls`` when given; else what the settings meant
+    before it existed (``starttls: true``: STARTTLS; port 465: TLS from the start; plain)."""
+    if tls is not None:
+        return tls
+    return "starttls" if starttls else "ssl" if port == SMTPS_PORT else "none"
+
+
 class SmtpSettings(_Strict):
+    """``smtp:``: where watcher e-mails go (docs/peak.md "Watchers")."""
+
     host: str | None = None
     port: int = Field(default=25, ge=1, le=65535)
+    """Default 465 with ``tls: ssl``, else 25."""
     sender: str = "akobridge@localhost"
     username: str | None = None
     password_file: Path | None = None
     starttls: bool = False
+    """The older spelling of ``tls: starttls`` (configs that say it keep working)."""
+    tls: SmtpTls | None = None
+    """``starttls``: a plain connection upgraded by STARTTLS (a server that does not offer it
+    is an error, never a plain fallback); ``ssl``: TLS from the first byte (SMTPS);
+    ``none``: plain text. Unset: ``starttls: true`` → starttls, port 465 → ssl, else none."""
+    ca_file: Path | None = None
+    """PEM file of the CA certificate(s) that sign the server's certificate, trusted instead
+    of the system's (a site CA, a self-signed server). The host name is checked either way."""
+
+    @field_validator("tls")
+    @classmethod
+    def _tls(cls, v: SmtpTls | None, info: ValidationInfo) -> SmtpTls | None:
+        if v is not None and v != "starttls" and info.data.get("starttls"):
+            raise ValueError(f"tls: {v} contradicts starttls: true (tls replaces starttls: "
+                             "drop that line)")
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        data = info.data
+        if v is not None and "port" in data and smtp_tls_mode(
+                data.get("tls"), bool(data.get("starttls")), data["port"]) == "none":
+            raise ValueError("a CA file is used only with tls: starttls or tls: ssl (this "
+                             "connection is plain text: no certificate is checked)")
+        return v
+
+    @property
+    def tls_mode(self) -> SmtpTls:
+        return smtp_tls_mode(self.tls, self.starttls, self.port)
+
+    @property
+    def server_port(self) -> int:
+        """The port to connect to (465 for ``tls: ssl`` when ``port`` is not given)."""
+        if "port" not in self.model_fields_set and self.tls_mode == "ssl":
+            return SMTPS_PORT
+        return self.port
 
 
 PEAK_IMAGE_SCHEMES = ("docker://", "oras://", "library://")
@@ -440,7 +499,7 @@ def config_from_mapping(data: dict[str, Any], path: Path | None = None) -> Daemo
     for key in ("state_dir", "clusters_dir"):
         data[key] = _resolve(base, data.get(key))
     for section, keys in {"api": ["token_file"], "webhooks": ["secret_file"],
-                          "spool": ["dir"], "smtp": ["password_file"],
+                          "spool": ["dir"], "smtp": ["password_file", "ca_file"],
                           "peak": ["secrets_file"]}.items():
         if isinstance(data.get(section), dict):
             data[section] = {k: (_resolve(base, v) if k in keys else v)

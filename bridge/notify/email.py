@@ -1,10 +1,14 @@
 """Sends the queued watcher e-mails (``peak_notifications`` rows of kind ``email``/``user``,
 state ``pending``) over SMTP with the daemon config's ``smtp:`` settings.
 
-- Connection: ``starttls: true`` upgrades a plain connection with STARTTLS (required: no
-  fallback to plain text); port 465 speaks TLS from the start (SMTPS); otherwise plain SMTP.
-  With ``username``, it logs in with the first line of ``password_file`` (mode 0600, checked
-  like the other secret files); the password is never logged nor kept in a repr.
+- Connection: ``tls: starttls`` upgrades a plain connection with STARTTLS (required: no
+  fallback to plain text); ``tls: ssl`` speaks TLS from the start (SMTPS, port 465 unless
+  given); ``tls: none`` is plain SMTP. Without ``tls``, the older settings decide
+  (``starttls: true``; port 465; else plain). The server's certificate is verified, with its
+  host name, against the system's CAs or only those of ``ca_file``. With ``username``, it logs
+  in (after the TLS handshake, when there is one) with the first line of ``password_file``
+  (mode 0600, checked like the other secret files); the password is never logged nor kept in
+  a repr.
 - Retries: a failed send is tried again after 2 s, doubling up to 10 min (×0.5-1 jitter), at
   most ``ATTEMPTS`` times and for ``MAX_AGE_S``; a permanent refusal (a 5xx reply) ends it at
   once. Given-up rows stay in the table as ``dead`` with the reason.
@@ -24,12 +28,15 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from bridge.notify.webhooks import EVENT_ID, event_id, event_source, read_secret
 from bridge.store import Store, iso, now_utc
+
+if TYPE_CHECKING:
+    from bridge.daemon.config import SmtpTls
 
 log = structlog.get_logger("akobridge.email")
 
@@ -37,7 +44,6 @@ ATTEMPTS = 20
 MAX_AGE_S = 86400.0
 FIRST_DELAY_S = 2.0
 MAX_DELAY_S = 600.0
-SMTPS_PORT = 465
 BATCH = 50
 
 
@@ -50,29 +56,41 @@ class EmailSettings:
     sender: str = "akobridge@localhost"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    starttls: bool = False
+    tls: SmtpTls = "none"
+    """``starttls``, ``ssl`` (TLS from the start) or ``none``."""
+    ca_file: Path | None = None
+    """The CA certificates to verify the server with (default: the system's)."""
     timeout_s: float = 30.0
 
-    @property
-    def implicit_tls(self) -> bool:
-        return self.port == SMTPS_PORT and not self.starttls
+    def tls_context(self) -> ssl.SSLContext:
+        """Verifies the server's certificate and host name (``OSError``/``ssl.SSLError``
+        when ``ca_file`` cannot be read or holds no certificate)."""
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
     @classmethod
     def from_daemon(cls, cfg: Any) -> EmailSettings | None:
         """From ``cfg.smtp``; ``None`` without ``smtp.host`` (e-mails then stay queued).
-        Raises ``ValueError`` naming the field when the password file is unusable."""
+        Raises ``ValueError`` naming the field when the password file or the CA file is
+        unusable."""
         s = cfg.smtp
         if not s.host:
             return None
+        source = getattr(cfg, "source", None) or "config"
         password = None
         if s.password_file is not None:
-            where = f"{getattr(cfg, 'source', None) or 'config'}: smtp.password_file"
-            password = read_secret(s.password_file, where)
+            password = read_secret(s.password_file, f"{source}: smtp.password_file")
         if password is not None and not s.username:
-            raise ValueError(f"{getattr(cfg, 'source', None) or 'config'}: smtp.username: "
+            raise ValueError(f"{source}: smtp.username: "
                              "give the user name that goes with password_file")
-        return cls(host=s.host, port=s.port, sender=s.sender, username=s.username,
-                   password=password, starttls=s.starttls)
+        settings = cls(host=s.host, port=s.server_port, sender=s.sender, username=s.username,
+                       password=password, tls=s.tls_mode, ca_file=s.ca_file)
+        if settings.ca_file is not None:
+            try:
+                settings.tls_context()
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"{source}: smtp.ca_file: cannot load {settings.ca_file} "
+                                 f"as PEM CA certificates: {exc}") from None
+        return settings
 
 
 def delay(tries: int) -> float:
@@ -132,15 +150,15 @@ class Mailer:
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
-        context = ssl.create_default_context()
+        context = s.tls_context() if s.tls != "none" else None
         smtp: smtplib.SMTP
-        if s.implicit_tls:
+        if s.tls == "ssl":
             smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout_s, context=context)
         else:
             smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout_s)
         try:
             smtp.ehlo()
-            if s.starttls:
+            if s.tls == "starttls":
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if s.username and s.password is not None:
