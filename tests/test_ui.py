@@ -7,59 +7,20 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from daemon_helpers import running_daemon
-from playwright.sync_api import Browser, Page, expect
-from test_peak_definitions_api import SHIPPED_PEAK
+from playwright.sync_api import Browser, expect
 from test_peak_executions_api import definition
-from ui.browser import PHONE, Api, chromium, tab, with_webhook, workflow_yaml
+from ui import fixtures
+from ui.browser import PHONE, Api, mesh, node, tab, with_webhook, workflow_yaml
+from ui.daemon import TOKEN
 from ui.proxy import cuttable
 
-from conftest import Receiver, lab_cluster, slurm_env
+from conftest import Receiver, slurm_env
 
-TOKEN = "ui-browser-" + "t" * 28
 expect.set_options(timeout=15_000)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """One daemon for the module: a token required even on loopback, the test Slurm
-    (``devslurm``) beside ``local``, the shipped Peak catalogue, webhooks tried once."""
-    tmp = tmp_path_factory.mktemp("ui")
-    clusters = tmp / "clusters"
-    clusters.mkdir()
-    (clusters / "devslurm.yaml").write_text(yaml.safe_dump(
-        lab_cluster("local", tmp).model_dump(mode="json", exclude_none=True)))
-    tokens = tmp / "tokens"
-    tokens.write_text(TOKEN + "\n")
-    tokens.chmod(0o600)
-    config = {"api": {"allow_loopback_without_token": False, "token_file": str(tokens)},
-              "webhooks": {"attempts": 1}, "peak": SHIPPED_PEAK}
-    with running_daemon(tmp, config) as daemon:
-        client = Api(daemon.url, TOKEN)
-        yield client
-        running = client.http.get("/workflows", params={"state": "RUNNING", "limit": 1000})
-        for w in running.json()["items"]:  # local sleeps would outlive the daemon
-            client.cancel(w["id"])
-        deadline = time.monotonic() + 60  # a 2,000-activity workflow takes ~12 s to cancel
-        while client.http.get("/workflows", params={"state": "RUNNING"}).json()["total"]:
-            assert time.monotonic() < deadline, "workflows still running at the end"
-            time.sleep(0.5)
-        client.http.close()
-
-
-def node(page: Page, name: str):  # noqa: ANN201 - a Locator
-    return page.locator(f"[data-testid=node][data-activity='{name}']")
+browser, api = fixtures.browser, fixtures.api  # one Chromium and one daemon for the module
 
 
 def squeue_ids() -> set[str]:
@@ -373,22 +334,8 @@ def test_a_phone_sized_viewport(browser: Browser, api: Api) -> None:
         expect(page.get_by_test_id("log")).to_have_text("two")
 
 
-def _mesh(layers: int, width: int) -> list[dict[str, object]]:
-    """``root`` (sleeps), ``layers`` × ``width`` activities each after two of the layer
-    before, and ``sink``: 2 + layers × width activities."""
-    acts: list[dict[str, object]] = [{"name": "root", "run": "sleep 600"}]
-    for layer in range(layers):
-        for i in range(width):
-            deps = (["root"] if layer == 0 else
-                    sorted({f"l{layer - 1}-{i:02d}", f"l{layer - 1}-{(i + 1) % width:02d}"}))
-            acts.append({"name": f"l{layer}-{i:02d}", "run": "true", "dependsOn": deps})
-    acts.append({"name": "sink", "run": "true",
-                 "dependsOn": [f"l{layers - 1}-{i:02d}" for i in range(width)]})
-    return acts
-
-
 def test_a_200_activity_graph_and_a_2000_activity_list(browser: Browser, api: Api) -> None:
-    mid = api.submit(workflow_yaml("ui-graph-200", "local", _mesh(9, 22)))
+    mid = api.submit(workflow_yaml("ui-graph-200", "local", mesh(9, 22)))
     big = api.submit(workflow_yaml("ui-list-2000", "local", [
         {"name": "root", "run": "sleep 600"},
         *({"name": f"leaf-{i:04d}", "run": "true", "dependsOn": ["root"]}

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
 
 CHROMIUM = os.environ.get("AKB_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("AKB_ARTIFACTS") or "/var/tmp/akb-ui-shots") / "ui"
-"""Screenshots of every step; emptied when a browser starts, so it holds the last run's."""
+"""Screenshots of every step; emptied when the first browser of a run starts, so it holds the
+last run's (every module's)."""
+_shots_emptied = False
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 TOKEN_KEY = "akobridge.token"
@@ -30,9 +32,12 @@ def chromium() -> Iterator[Browser]:
     """The system Chromium (never a downloaded one: ``playwright install`` is not used)."""
     if not Path(CHROMIUM).exists():
         raise AssertionError(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+    global _shots_emptied
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for old in SHOTS.glob("*.png"):
-        old.unlink()
+    if not _shots_emptied:
+        for old in SHOTS.glob("*.png"):
+            old.unlink()
+        _shots_emptied = True
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
@@ -95,6 +100,11 @@ def tab(browser: Browser, base: str, name: str, token: str | None = None,
         ctx.close()
 
 
+def node(page: Page, name: str) -> Locator:
+    """The graph's node of activity ``name``."""
+    return page.locator(f"[data-testid=node][data-activity='{name}']")
+
+
 # --- the API side ------------------------------------------------------------------------
 
 
@@ -106,6 +116,20 @@ def workflow_yaml(name: str, runtime: str, activities: list[dict[str, Any]]) -> 
         if a.get("dependsOn"):
             lines.append(f"      dependsOn: [{', '.join(a['dependsOn'])}]")
     return "\n".join(lines) + "\n"
+
+
+def mesh(layers: int, width: int) -> list[dict[str, Any]]:
+    """``root`` (sleeps), ``layers`` × ``width`` activities each after two of the layer
+    before, and ``sink``: 2 + layers × width activities."""
+    acts: list[dict[str, Any]] = [{"name": "root", "run": "sleep 600"}]
+    for layer in range(layers):
+        for i in range(width):
+            deps = (["root"] if layer == 0 else
+                    sorted({f"l{layer - 1}-{i:02d}", f"l{layer - 1}-{(i + 1) % width:02d}"}))
+            acts.append({"name": f"l{layer}-{i:02d}", "run": "true", "dependsOn": deps})
+    acts.append({"name": "sink", "run": "true",
+                 "dependsOn": [f"l{layers - 1}-{i:02d}" for i in range(width)]})
+    return acts
 
 
 def with_webhook(text: str, url: str) -> str:
@@ -152,5 +176,5 @@ class Api:
         self.http.post(f"/workflows/{wf_id}/cancel")
 
 
-__all__ = ["DESKTOP", "PHONE", "SHOTS", "Api", "Tab", "chromium", "tab", "with_webhook",
-           "workflow_yaml"]
+__all__ = ["DESKTOP", "PHONE", "SHOTS", "Api", "Tab", "chromium", "mesh", "node", "tab",
+           "with_webhook", "workflow_yaml"]

@@ -23,10 +23,11 @@ const ROUTES = [
 let unmount = null;
 let current = null;
 
+/** Show the view of the address; false when it is the one shown already. */
 function route() {
   const { path, params } = parseHash();
   const key = location.hash;
-  if (key === current) return;
+  if (key === current) return false;
   current = key;
   if (unmount) { try { unmount(); } catch (e) { console.error(e); } unmount = null; }
   const main = document.getElementById("main");
@@ -40,14 +41,29 @@ function route() {
     });
     const args = m.slice(1).map((x) => decodeURIComponent(x));
     unmount = view(main, args, params) || null;
-    return;
+    return true;
   }
   main.append(h("h1", {}, "Not found"), h("p", {}, "No such page. ",
     h("a", { href: "#/" }, "Back to the workflows")));
+  return true;
 }
 
-window.addEventListener("hashchange", route);
+/** The keyboard carries on in the content: the next Tab reaches the view's first control. */
+function focusMain() {
+  document.getElementById("main").focus({ preventScroll: true });
+}
+
+window.addEventListener("hashchange", () => {
+  if (!route()) return;
+  window.scrollTo(0, 0);
+  focusMain(); // the link that was focused went with the old view
+});
 function start() {
+  // "Skip to content" must not change the address: "#main" is no route
+  document.querySelector("a.skip").addEventListener("click", (ev) => {
+    ev.preventDefault();
+    focusMain();
+  });
   const live = document.querySelector("[data-testid=live]");
   onStreamStatus((st) => {
     live.textContent = st === "live" ? "● live" : st;

@@ -6,6 +6,21 @@ const NODE_W = 170;
 const NODE_H = 46;
 const MIN_START_SCALE = 0.5; // below this the names are too small to read
 const START_SCALE = 0.8;
+const MIN_BOX_H = 320; // px: the graph box never gets smaller than this
+const BOX_GAP = 12; // px kept free under the box
+
+/**
+ * Make the graph box fill the window from where it starts down to the window's bottom (at
+ * least MIN_BOX_H), measured on the unscrolled page: at 1280×800 the whole box, and so a
+ * fitted graph, is on the screen. False once the box has left the page.
+ */
+function sizeBox(box) {
+  if (!box.isConnected) return false;
+  const top = box.getBoundingClientRect().top + window.scrollY;
+  const want = Math.max(MIN_BOX_H, Math.floor(window.innerHeight - top - BOX_GAP));
+  if (box.style.height !== `${want}px`) box.style.height = `${want}px`;
+  return true;
+}
 
 function short(name, max = 22) {
   return name.length > max ? `${name.slice(0, max - 1)}…` : name;
@@ -13,7 +28,8 @@ function short(name, max = 22) {
 
 /**
  * Draw ``activities`` ([{name, state, depends_on}]) into ``host``; ``href(name)`` is each
- * node's link. Returns {setState(name, state), fit(), nodes}.
+ * node's link. Returns {setState(name, state), fit(), resize(), nodes}: resize() after the
+ * content above the graph changed height.
  */
 export function drawGraph(host, activities, href) {
   const g = new dagre.graphlib.Graph();
@@ -63,9 +79,11 @@ export function drawGraph(host, activities, href) {
   edges, nodes);
 
   const view = { x: 0, y: 0, w: width, h: height };
+  let fitted = false; // the view is the fitted one (refitted when the box changes size)
   const apply = () => svg.setAttribute("viewBox",
     `${view.x.toFixed(1)} ${view.y.toFixed(1)} ${view.w.toFixed(1)} ${view.h.toFixed(1)}`);
   const fit = () => {
+    fitted = true;
     const box = svg.getBoundingClientRect();
     const aspect = box.width && box.height ? box.width / box.height : width / height;
     // never blow a small graph up past 1.25× (a few huge boxes help nobody)
@@ -75,6 +93,7 @@ export function drawGraph(host, activities, href) {
     apply();
   };
   const zoom = (factor, cx = 0.5, cy = 0.5) => {
+    fitted = false;
     const nw = Math.min(Math.max(view.w * factor, 60), Math.max(width, height) * 8);
     const f = nw / view.w;
     view.x += (view.w - view.w * f) * cx;
@@ -82,7 +101,10 @@ export function drawGraph(host, activities, href) {
     view.w *= f; view.h *= f;
     apply();
   };
-  const pan = (dx, dy) => { view.x += dx * view.w; view.y += dy * view.h; apply(); };
+  const pan = (dx, dy) => {
+    fitted = false;
+    view.x += dx * view.w; view.y += dy * view.h; apply();
+  };
 
   svg.addEventListener("wheel", (ev) => {
     ev.preventDefault();
@@ -118,13 +140,25 @@ export function drawGraph(host, activities, href) {
   const tools = h("div", { class: "graph-tools", role: "toolbar", "aria-label": "graph view" },
     btn("zoom in", "+", "zoom-in", () => zoom(1 / 1.25)),
     btn("zoom out", "−", "zoom-out", () => zoom(1.25)),
-    btn("fit the whole graph", "Fit", "zoom-fit", fit),
+    btn("fit the whole graph", "Fit", "zoom-fit", () => {
+      fit();
+      frame.scrollIntoView({ block: "nearest" }); // the whole box on the screen if it fits
+    }),
     h("span", { class: "hint" }, "wheel: zoom · drag: pan · keys: + − 0 arrows"));
-  host.append(tools, h("div", { class: "graph-box" }, svg));
+  const frame = h("div", { class: "graph-box" }, svg);
+  host.append(tools, frame);
   apply();
+  const resize = () => {
+    if (!sizeBox(frame)) return false;
+    if (fitted) fit();
+    return true;
+  };
+  const onWindow = () => { if (!resize()) window.removeEventListener("resize", onWindow); };
+  window.addEventListener("resize", onWindow);
   // start fitted when that stays readable; a big graph starts at a readable scale on its
   // roots (the left edge), and "Fit" shows it whole
   const start = () => {
+    if (!sizeBox(frame)) return;
     fit();
     const box = svg.getBoundingClientRect();
     if (!box.width || box.width / view.w >= MIN_START_SCALE) return;
@@ -133,6 +167,7 @@ export function drawGraph(host, activities, href) {
     view.x = -8;
     const first = activities.length ? g.node(activities[0].name) : null;
     view.y = (first ? first.y : height / 2) - view.h / 2;
+    fitted = false;
     apply();
   };
   requestAnimationFrame(start);
@@ -140,6 +175,7 @@ export function drawGraph(host, activities, href) {
   return {
     nodes: byName,
     fit,
+    resize,
     setState(name, state) {
       const n = byName.get(name);
       if (!n || n.link.getAttribute("data-state") === state) return;

@@ -28,14 +28,30 @@ export function errorBox(err) {
   return message(err && err.message ? err.message : String(err), "error");
 }
 
-/** A button that runs an async action once at a time (disabled while it runs). */
+/**
+ * A button that runs an async action once at a time (disabled while it runs). The focus it
+ * had comes back to it afterwards (a dialog closed with Esc cannot give it back to a disabled
+ * button), or to the content when the action removed it.
+ */
 export function actionButton(text, testid, run, cls = "") {
   const b = h("button", { type: "button", testid, class: cls });
   b.textContent = text;
   b.addEventListener("click", async () => {
+    const hadFocus = document.activeElement === b;
     b.disabled = true;
     try { await run(); } catch (err) { toast(err.message || String(err), "error"); }
-    finally { b.disabled = false; }
+    finally {
+      b.disabled = false;
+      // where the focus went: nowhere, or still on the closed dialog's button (Chromium
+      // moves it to the body a moment later)
+      const at = document.activeElement;
+      const lost = !at || at === document.body || !at.isConnected
+        || Boolean(at.closest("dialog:not([open])"));
+      if (hadFocus && lost) {
+        if (b.isConnected) b.focus();
+        else document.getElementById("main")?.focus({ preventScroll: true });
+      }
+    }
   });
   return b;
 }

@@ -26,8 +26,9 @@ export function workflowView(main, [idText], params) {
   const switcher = h("div", { class: "switch", role: "group", "aria-label": "show as" });
   const note = h("div", { testid: "view-note" });
   const body = h("div", { class: "wf-body" });
+  // the actions and the graph/list switch share a line: the graph gets the height
   main.append(h("p", { class: "crumbs" }, h("a", { href: "#/" }, "← Workflows")), head,
-    actions, switcher, note, body);
+    h("div", { class: "wf-bar" }, actions, switcher), note, body);
 
   const href = (name) => `#/workflows/${id}/activities/${enc(name)}`;
 
@@ -43,6 +44,7 @@ export function workflowView(main, [idText], params) {
       if (first) renderBody();
       else if (mode === "graph" && graph) {
         for (const a of wf.activities) graph.setState(a.name, a.state);
+        graph.resize(); // the facts or actions above may have changed height
       } else if (mode === "list") renderList();
     } catch (err) {
       if (!alive) return;
