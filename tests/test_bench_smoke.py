@@ -12,6 +12,7 @@ from conftest import REPO
 
 ROWS = [
     *(f"intake c={c} {what}" for c in (1, 10, 50) for what in ("throughput", "p50", "p99")),
+    *(f"intake c={c} at 300/s {what}" for c in (10, 50) for what in ("sent", "p50", "p99")),
     "webhook local p50", "webhook local p99",
     "webhook slurm p50", "webhook slurm p99", "slurm controller calls",
     "chain parent→child p50", "chain parent→child p99",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -319,6 +320,11 @@ class Daemon:
             log.warning(w)
         log.info("serving", listen=bound.addresses, state_dir=str(self.state_dir),
                  clusters=self.bridge.clusters.names())
+        # what exists now (modules, the app, its schemas) lives as long as the process: out
+        # of the collector's sight, a full collection walks half as many objects and holds
+        # every thread for that much less (they were 40-80 ms under a stream of requests)
+        gc.collect()
+        gc.freeze()
         notifier.ready(f"serving on {', '.join(bound.addresses)}")
         code = 0
         try:
