@@ -252,7 +252,7 @@ class Bridge:
         changed = self._collect()
         heads = self.heads.read()  # the changed RUNNING rows; serves both
         driven = set(heads) if wf_ids is None else set(heads) & set(wf_ids)
-        plan = self.planner.plan(driven, heads)
+        plan = self.planner.plan(driven, heads, self.heads.changed)
         changed |= plan.changed
         for name, ids in plan.created.items():
             self._lane(name).worker.mark_absent(ids)

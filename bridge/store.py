@@ -327,6 +327,9 @@ class RunningHeads:
         self._heads: dict[int, WorkflowHead] = {}
         self._seq: int | None = None
         self._full_at = 0.0
+        self.changed: set[int] | None = None
+        """The workflows whose head changed in the last :meth:`read` (ended ones too);
+        None after the first read (everything counts as changed)."""
 
     def read(self) -> Mapping[int, WorkflowHead]:
         """Workflow id → head, for every RUNNING workflow as of now (do not keep it: the
@@ -336,10 +339,16 @@ class RunningHeads:
             # the sequence first: a change between the two reads is read again next time
             seq = self.store.db.execute("SELECT coalesce(max(seq), 0) FROM workflows"
                                         ).fetchone()[0]
-            self._heads = self.store.running_heads()
+            old, self._heads = self._heads, self.store.running_heads()
+            if self._seq is None:
+                self.changed = None
+            else:  # what the resync found different (a row gone without a change, say)
+                self.changed = {w for w, h in self._heads.items() if old.get(w) != h}
+                self.changed |= old.keys() - self._heads.keys()
             self._seq, self._full_at = int(seq), now
             return self._heads
         rows, self._seq = self.store.head_changes(self._seq)
+        self.changed = {r[0] for r in rows}
         for wf_id, state, runtime, *signature in rows:
             if state == WorkflowState.RUNNING.value:
                 self._heads[wf_id] = WorkflowHead(runtime, tuple(signature),

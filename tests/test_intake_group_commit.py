@@ -220,4 +220,9 @@ def test_a_full_read_and_an_incremental_one_agree(tmp_path: Path, resync: bool,
             db.execute("UPDATE workflows SET state='FAILED' WHERE id=?", (ids[round_ % 4],))
         if resync:
             monkeypatch.setattr(RunningHeads, "RESYNC_S", 0.0)
+        before = dict(heads._heads)
         assert dict(heads.read()) == store.running_heads()
+        if round_:  # what moved: the new ones still running (a resync, too, reports them)
+            assert heads.changed is not None
+            assert set(ids) - {ids[round_ % 4]} <= heads.changed
+            assert heads.changed <= {*ids, *before}

@@ -211,3 +211,72 @@ def test_live_attempts_of_many_workflows(harness: Callable[..., Harness],
     assert [a.id for a in h.store.live_attempts(iter(many), "local")] == [
         a.id for a in live if a.workflow_id == ids[1]]
     assert h.store.live_attempts([]) == []
+
+
+def looked_at(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many quiet records each pass checks (one entry per Quiet.still call)."""
+    from bridge.phases import plan
+
+    calls: list[int] = []
+    original = plan.Quiet.still
+
+    def still(self: plan.Quiet, signature: Any, now: datetime) -> bool:
+        calls.append(1)
+        return original(self, signature, now)
+
+    monkeypatch.setattr(plan.Quiet, "still", still)
+    return calls
+
+
+def test_a_cycle_looks_only_at_workflows_that_can_move(
+        harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 300 workflows queued behind a one-slot cluster, a cycle (which passes the heads
+    that changed) checks none of the quiet ones; a change from another connection makes it
+    look at that one; the slot freeing up makes it look at the ones waiting for it."""
+    one_slot = LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs"), "max_running": 1})
+    h = harness(one_slot)
+    ids = [h.submit(ONE.format(i=i, run="sleep 30")) for i in range(300)]
+    for _ in range(3):
+        h.bridge.cycle()
+    assert h.store.live_count("local") == 1
+    checks = looked_at(monkeypatch)
+    read = counting(monkeypatch, h.store)
+    for _ in range(5):
+        h.bridge.cycle()
+    assert checks == [] and read == [], "nothing moved: no quiet workflow looked at"
+    assert len(h.bridge.planner.plan(set(ids)).created) == 0  # a full pass: checks them all
+    assert len(checks) >= 299
+    checks.clear()
+    other = Store(h.store.path)
+    try:
+        other.request_cancel(ids[150])  # a waiting one, from another connection
+    finally:
+        other.close()
+    h.bridge.cycle()
+    assert set(read) == {ids[150]}, "only the one that moved is read"
+    assert h.states(ids[150]) == {"a": "CANCELLED"}
+    read.clear()
+    running = next(i for i in ids if h.states(i)["a"] == "RUNNING")
+    h.store.request_cancel(running)  # its job ends: the slot frees, a waiting one takes it
+    deadline = time.monotonic() + 30
+    while h.store.live_count("local") != 1 or h.states(running)["a"] != "CANCELLED":
+        assert time.monotonic() < deadline, "the freed slot was not taken"
+        h.bridge.cycle()
+        time.sleep(0.05)
+    started = [i for i in ids if h.states(i)["a"] in ("SUBMITTING", "QUEUED", "RUNNING")]
+    assert len(started) == 1 and started[0] not in (running, ids[150])
+    for i in ids:
+        h.store.request_cancel(i)
+    h.run(ids[-1], timeout=60)
+
+
+def test_a_quiet_workflow_wakes_for_its_retry_without_a_change(
+        harness: Callable[..., Harness], tmp_path: Path) -> None:
+    """A retry whose backoff ends changes nothing in the store: the cycle still plans it
+    (the retry's due time is indexed, not found by looking at every quiet workflow)."""
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs")}))
+    text = ONE.format(i=0, run="exit 3") + "      retry: {retries: 2, backoff: 1}\n"
+    wf_id = h.submit(text)
+    h.run(wf_id, timeout=60)
+    [act] = h.store.activities(wf_id)
+    assert (act.state.value, act.attempt) == ("FAILED", 3)

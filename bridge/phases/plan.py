@@ -12,6 +12,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -104,14 +105,22 @@ class Planner:
         it created; jobs ending meanwhile only make it count high, never over the limit)."""
         self._quiet: dict[int, Quiet] = {}
         """Workflows whose last pass changed nothing, and until when that holds."""
+        self._wake_at: dict[int, datetime] = {}
+        """Quiet workflows with a retry: when it is due."""
+        self._blocked: dict[str, set[int]] = {}
+        """Cluster → the quiet workflows that wait for room on it."""
 
-    def plan(self, wf_ids: set[int],
-             heads: Mapping[int, WorkflowHead] | None = None) -> PlanResult:
+    def plan(self, wf_ids: set[int], heads: Mapping[int, WorkflowHead] | None = None,
+             changed: AbstractSet[int] | None = None) -> PlanResult:
         """One pass over the driven workflows. A workflow whose last pass changed nothing is
         skipped while its signature (revision, phases) stays the same, until its earliest
         retry is due, or — when it waits for room on a cluster — until that cluster has room:
         a pass costs one query for all workflows plus the ones that can move (none when the
-        caller passes ``heads``, :meth:`Store.running_heads` read this cycle)."""
+        caller passes ``heads``, :meth:`Store.running_heads` read this cycle). ``changed``:
+        the workflows whose head moved since the last pass (:attr:`RunningHeads.changed`);
+        with it the pass looks only at those, the ones not quiet, the ones whose retry is
+        due and the ones waiting for a cluster that has room now — not at every quiet one
+        (thousands when many queue)."""
         result = PlanResult()
         if heads is None:
             heads = self.store.running_heads()
@@ -119,7 +128,7 @@ class Planner:
         room: dict[str, bool] = {}
         self._room_seen = room
         self._live = {}
-        for wf_id in sorted(wf_ids):
+        for wf_id in sorted(self._candidates(wf_ids, changed, now, room)):
             head = heads.get(wf_id)
             if head is None:
                 continue
@@ -133,15 +142,45 @@ class Planner:
             wf = self.store.workflow(wf_id)
             if wf is None or wf.state.terminal:
                 continue
-            changed, quiet = self._plan_one(wf, result, now)
-            result.changed |= changed
-            if quiet is not None and not changed and not self.hold:
-                self._quiet[wf_id] = replace(quiet, signature=head.signature)
+            changed_now, quiet = self._plan_one(wf, result, now)
+            result.changed |= changed_now
+            if quiet is not None and not changed_now and not self.hold:
+                self._hush(wf_id, replace(quiet, signature=head.signature))
             else:
-                self._quiet.pop(wf_id, None)
-        for wf_id in [w for w in self._quiet if w not in heads]:  # finished ones
-            del self._quiet[wf_id]
+                self._wake(wf_id)
+        for wf_id in self._quiet.keys() - heads.keys():  # finished ones
+            self._wake(wf_id)
         return result
+
+    def _candidates(self, wf_ids: set[int], changed: AbstractSet[int] | None, now: datetime,
+                    room: dict[str, bool]) -> set[int]:
+        """The driven workflows this pass must look at (all of them without ``changed``);
+        set operations, no Python loop over the quiet ones."""
+        if changed is None:
+            return wf_ids
+        picked = (wf_ids - self._quiet.keys()) | (wf_ids & changed)
+        picked |= {w for w, at in self._wake_at.items() if at <= now and w in wf_ids}
+        for name, waiting in self._blocked.items():
+            if waiting and self._room(name, room):
+                picked |= waiting & wf_ids
+        return picked
+
+    def _hush(self, wf_id: int, quiet: Quiet) -> None:
+        """Record a quiet workflow and what would wake it (a retry time, a cluster's room)."""
+        self._wake(wf_id)
+        self._quiet[wf_id] = quiet
+        if quiet.wake_at is not None:
+            self._wake_at[wf_id] = quiet.wake_at
+        for name in quiet.blocked_on:
+            self._blocked.setdefault(name, set()).add(wf_id)
+
+    def _wake(self, wf_id: int) -> None:
+        quiet = self._quiet.pop(wf_id, None)
+        if quiet is None:
+            return
+        self._wake_at.pop(wf_id, None)
+        for name in quiet.blocked_on:
+            self._blocked.get(name, set()).discard(wf_id)
 
     def _room(self, cluster_name: str, seen: dict[str, bool]) -> bool:
         """Whether a new job could go to this cluster now (asked once per pass)."""
