@@ -5,7 +5,10 @@ The embedded default for a first try: no Slurm, no container. The same rendered 
 and the script's EXIT trap leaves the same exit-code marker a Slurm job leaves. The script's
 ``#SBATCH --time`` is enforced as Slurm does it: past the limit the job's process group gets
 SIGTERM, :data:`KILL_WAIT_S` later SIGKILL, and the job ends TIMEOUT (checked at each poll, so
-only while a bridge follows the job). Memory and CPU limits and the temporary disk request
+only while a bridge follows the job). A cancel is level-triggered the same way: SIGTERM to the
+job's process group at once, again every :data:`CANCEL_RESEND_S` while the job lives, and
+SIGKILL :data:`KILL_WAIT_S` after the cancel (see :meth:`ProcessRuntime.cancel` for the SIGTERM
+bash can lose). Memory and CPU limits and the temporary disk request
 (``--tmp``, Peak's ``resources.storage``) are not enforced: the job uses this machine's CPUs,
 memory and disk as they are; ``max_running`` caps how many jobs run at once (the runner asks).
 
@@ -61,7 +64,10 @@ TIMEOUT_FILE = "local.timeout"
 """Written when the job is signalled for its time limit: its end is then a TIMEOUT (also
 for a bridge that restarts in between)."""
 KILL_WAIT_S = 10.0
-"""Seconds between the SIGTERM at the time limit and the SIGKILL (Slurm's ``KillWait``)."""
+"""Seconds between the SIGTERM at the time limit or a cancel and the SIGKILL (Slurm's
+``KillWait``)."""
+CANCEL_RESEND_S = 1.0
+"""A cancelled job still alive (no exit-code marker) gets SIGTERM again this often, at a poll."""
 _TIME_LINE = re.compile(r"^#SBATCH --time=(\S+)[ \t]*$", re.MULTILINE)
 _START = 'printf %s "$$" > local.pid && exec /bin/bash "$1"'
 """The child's first act: record its pid (one short write: a reader sees all or nothing of
@@ -82,7 +88,10 @@ class ProcessRuntime(Runtime):
         """Job id → (peak RSS in KiB — Linux's ``ru_maxrss`` unit —, CPU seconds) of a
         reaped child."""
         self._started: dict[str, datetime] = {}
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, float] = {}
+        """Job id → when it was first cancelled (monotonic)."""
+        self._termed: dict[str, float] = {}
+        """Job id → when its process group last got SIGTERM for a cancel (monotonic)."""
         self._limits: dict[str, int | None] = {}
         """Job id → its ``--time`` in seconds (``None``: no limit), read once per job."""
 
@@ -127,7 +136,10 @@ class ProcessRuntime(Runtime):
             if marker is not None and not marker.belongs_to(job.token):
                 marker = None
             if marker is None and alive[job_id]:
-                self._enforce_time_limit(job)
+                if job_id in self._cancelled:
+                    self._enforce_cancel(job_id)
+                else:
+                    self._enforce_time_limit(job)
                 out[job_id] = JobStatus(JobState.RUNNING, started_at=self._started.get(job_id))
                 continue
             timed_out = os.path.exists(f"{job.jobdir}/{TIMEOUT_FILE}")
@@ -207,8 +219,19 @@ class ProcessRuntime(Runtime):
             sig = signal.SIGKILL
         else:
             return
-        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
-            os.killpg(int(job_id.removeprefix("local-")), sig)
+        _killpg(job_id, sig)
+
+    def _enforce_cancel(self, job_id: str) -> None:
+        """SIGTERM a cancelled job that still lives, again; SIGKILL it :data:`KILL_WAIT_S` after
+        the cancel."""
+        now = time.monotonic()
+        if now - self._cancelled[job_id] >= KILL_WAIT_S:
+            self.calls["kill_hard"] += 1
+            _killpg(job_id, signal.SIGKILL)
+        elif now - self._termed.get(job_id, 0.0) >= CANCEL_RESEND_S:
+            self.calls["kill_again"] += 1
+            self._termed[job_id] = now
+            _killpg(job_id, signal.SIGTERM)
 
     def _alive(self, job: TrackedJob) -> bool:
         """Whether the job (or anything it started) still holds its lock."""
@@ -233,11 +256,21 @@ class ProcessRuntime(Runtime):
         return found
 
     def cancel(self, job_ids: Sequence[str]) -> None:
+        """SIGTERM each job's process group now; :meth:`poll` repeats it while the job lives.
+
+        One SIGTERM is not enough. The job script's bash defers a trapped SIGTERM while its
+        command runs in the foreground, until the command ends; and a SIGTERM that arrives while
+        that bash is inside ``fork()`` of the command (it blocks SIGTERM across the fork) reaches
+        bash alone: the command, not yet in the process group when the signal was sent, never
+        gets it and runs to its end (``sleep 30``: 30 s, then CANCELLED). The next SIGTERM
+        reaches the command, which ends, and bash exits 143.
+        """
+        now = time.monotonic()
         for job_id in job_ids:
             self.calls["kill"] += 1
-            self._cancelled.add(job_id)
-            with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
-                os.killpg(int(job_id.removeprefix("local-")), signal.SIGTERM)
+            self._cancelled.setdefault(job_id, now)
+            self._termed[job_id] = now
+            _killpg(job_id, signal.SIGTERM)
 
     def read_log(self, job: TrackedJob, stream: str = "out") -> bytes:
         path = Path(f"{job.jobdir}/local.{stream}")
@@ -273,6 +306,13 @@ def slurm_time_s(text: str) -> int | None:
         h, m, sec = 0, n[0], n[1] if len(n) == 2 else 0
     total = ((int(days) * 24 + h) * 60 + m) * 60 + sec
     return total or None
+
+
+def _killpg(job_id: str, sig: int) -> None:
+    """Signal the process group of ``local-<pid>`` (the job's session, led by its script); a
+    group that has ended (or an id not ours to signal) is no error."""
+    with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
+        os.killpg(int(job_id.removeprefix("local-")), sig)
 
 
 def _since(start: datetime | None) -> float | None:
