@@ -5,7 +5,9 @@ listens (none: no reads at all, a busy intake pays nothing for it); it compares 
 activities of the running (and just finished) workflows with what it saw last and returns
 one event per change. No extra table: the store stays the one truth.
 Only workflows whose revision moved (``workflows.rev``, bumped by any change to their
-activities or attempts) have their activities read again.
+activities or attempts) have their activities read again, and after the first poll only the
+workflows that changed at all are read (``workflows.seq``, the store's change sequence): a
+page open on a daemon with thousands of queued workflows costs a cycle one indexed query.
 """
 
 from __future__ import annotations
@@ -24,22 +26,36 @@ class ChangeFeed:
         self._acts: dict[int, tuple[int, str, int, str | None]] = {}
         """activity id → (workflow id, state, attempt, job id) last seen."""
         self._wfs: dict[int, str] = {}
+        self._acts_of: dict[int, list[int]] = {}
+        """workflow id → the ids of its activities in ``_acts``."""
         self._revs: dict[int, int] = {}
         """workflow id → its revision when its activities were last read."""
         self._since: datetime = now_utc()
+        self._seq: int | None = None
+        """The change sequence read up to (None: the next poll reads the whole window)."""
 
     def watch_from(self, since: datetime) -> None:
         """Nobody listened until ``since``: changes before it are not reported (the owner
         stops polling while there is no subscriber, and calls this when one comes)."""
-        self._since = max(self._since, since)
+        if since > self._since:
+            self._since, self._seq = since, None
 
     def poll(self) -> list[dict[str, Any]]:
         now = now_utc()
         db = self.store.db
         since = iso(self._since)
-        wf_rows = db.execute(
-            "SELECT id, name, state, rev FROM workflows WHERE state='RUNNING' OR finished_at>=?"
-            " OR created_at>=?", (since, since)).fetchall()
+        full = self._seq is None
+        if self._seq is None:  # the window: what runs, and what ended or came since it opened
+            top = db.execute("SELECT coalesce(max(seq), 0) FROM workflows").fetchone()[0]
+            wf_rows = db.execute(
+                "SELECT id, name, state, rev FROM workflows WHERE state='RUNNING'"
+                " OR finished_at>=? OR created_at>=?", (since, since)).fetchall()
+            self._seq = int(top)  # a change between the two reads is read again: harmless
+        else:  # what changed since the last poll (its id, state or revision moved)
+            wf_rows = db.execute("SELECT id, name, state, rev, seq FROM workflows WHERE seq > ?"
+                                 " ORDER BY seq", (self._seq,)).fetchall()
+            if wf_rows:
+                self._seq = int(wf_rows[-1]["seq"])
         events: list[dict[str, Any]] = []
         ids = [int(r["id"]) for r in wf_rows]
         moved = [int(r["id"]) for r in wf_rows if self._revs.get(r["id"]) != r["rev"]]
@@ -57,17 +73,21 @@ class ChangeFeed:
                     f" FROM activities WHERE workflow_id IN ({marks})", chunk):
                 seen = (a["workflow_id"], a["state"], a["attempt"], a["job_id"])
                 if self._acts.get(a["id"]) != seen:
+                    if a["id"] not in self._acts:
+                        self._acts_of.setdefault(a["workflow_id"], []).append(a["id"])
                     self._acts[a["id"]] = seen
                     events.append({"type": "activity", "workflow_id": a["workflow_id"],
                                    "activity": a["name"], "state": a["state"],
                                    "attempt": a["attempt"], "job_id": a["job_id"],
                                    "exit_code": a["exit_code"], "reason": a["reason"]})
-        current = set(ids)
-        gone = {i for i in self._wfs if i not in current}
-        if gone:  # finished before the last poll: they can no longer change
-            for i in gone:
-                del self._wfs[i]
-                self._revs.pop(i, None)
-            self._acts = {k: v for k, v in self._acts.items() if v[0] not in gone}
+        if full:  # out of the window: finished before it opened, they can no longer change
+            gone = self._wfs.keys() - set(ids)
+        else:  # ended now (reported above): nothing more will come unless it is retried
+            gone = {int(r["id"]) for r in wf_rows if r["state"] != "RUNNING"}
+        for i in gone:
+            self._wfs.pop(i, None)
+            self._revs.pop(i, None)
+            for act_id in self._acts_of.pop(i, []):
+                self._acts.pop(act_id, None)
         self._since = now
         return events

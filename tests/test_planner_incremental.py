@@ -280,3 +280,58 @@ def test_a_quiet_workflow_wakes_for_its_retry_without_a_change(
     h.run(wf_id, timeout=60)
     [act] = h.store.activities(wf_id)
     assert (act.state.value, act.attempt) == ("FAILED", 3)
+
+
+class _RowsRead:
+    """A connection stand-in that counts the rows its queries return (the feed's reads)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db, self.rows = db, 0
+
+    def execute(self, *args: Any) -> Any:
+        rows = self.db.execute(*args).fetchall()
+        self.rows += len(rows)
+        return _Fetched(rows)
+
+
+class _Fetched(list):  # type: ignore[type-arg]
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+
+def test_the_change_feed_reads_only_what_changed_after_its_first_poll(
+        harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 200 workflows queued, a poll after the first reads the rows of the one workflow
+    that changed (the change sequence), not the 200; one that ends is reported once and then
+    forgotten; a retried one comes back."""
+    from bridge.changes import ChangeFeed
+
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs"), "max_running": 1}))
+    ids = [h.submit(ONE.format(i=i, run="sleep 30")) for i in range(200)]
+    feed = ChangeFeed(h.store)
+    counter = _RowsRead(h.store.db)
+    monkeypatch.setattr(feed.store, "db", counter)
+    first = feed.poll()
+    assert counter.rows >= 400 and len(first) == 400  # 200 workflows, 200 activities
+    counter.rows = 0
+    assert feed.poll() == [] and counter.rows <= 1, "nothing changed: nothing read"
+    other = Store(h.store.path)
+    try:
+        with other.transaction() as db:
+            db.execute("UPDATE activities SET state='SKIPPED' WHERE workflow_id=?", (ids[7],))
+            db.execute("UPDATE workflows SET state='COMPLETED', finished_at='x' WHERE id=?",
+                       (ids[7],))
+    finally:
+        other.close()
+    counter.rows = 0
+    events = feed.poll()
+    assert counter.rows <= 3, counter.rows
+    assert sorted((e["type"], e["state"]) for e in events) == [
+        ("activity", "SKIPPED"), ("workflow", "COMPLETED")]
+    assert ids[7] not in feed._wfs and ids[7] not in feed._acts_of
+    h.store.retry_workflow(ids[7])
+    assert {(e["type"], e["state"]) for e in feed.poll()} == {
+        ("workflow", "RUNNING"), ("activity", "PENDING")}
