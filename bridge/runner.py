@@ -252,7 +252,11 @@ class Bridge:
         changed = self._collect()
         heads = self.heads.read()  # the changed RUNNING rows; serves both
         driven = set(heads) if wf_ids is None else set(heads) & set(wf_ids)
-        plan = self.planner.plan(driven, heads, self.heads.changed)
+        try:
+            plan = self.planner.plan(driven, heads, self.heads.changed)
+        except BaseException:  # the changes it was given are unplanned: plan all next time
+            self.heads.forget()
+            raise
         changed |= plan.changed
         for name, ids in plan.created.items():
             self._lane(name).worker.mark_absent(ids)

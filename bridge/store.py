@@ -331,6 +331,11 @@ class RunningHeads:
         """The workflows whose head changed in the last :meth:`read` (ended ones too);
         None after the first read (everything counts as changed)."""
 
+    def forget(self) -> None:
+        """The next :meth:`read` is a full one with ``changed`` None (everything counts as
+        changed): for a pass that failed before it planned the changes it was given."""
+        self._seq = None
+
     def read(self) -> Mapping[int, WorkflowHead]:
         """Workflow id → head, for every RUNNING workflow as of now (do not keep it: the
         next read updates it in place)."""

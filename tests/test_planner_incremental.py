@@ -335,3 +335,31 @@ def test_the_change_feed_reads_only_what_changed_after_its_first_poll(
     h.store.retry_workflow(ids[7])
     assert {(e["type"], e["state"]) for e in feed.poll()} == {
         ("workflow", "RUNNING"), ("activity", "PENDING")}
+
+
+def test_a_pass_that_fails_leaves_its_changes_for_the_next(
+        harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The changes a cycle read are planned even when its pass raised (the daemon logs the
+    failure and cycles on): the next read is a full one."""
+    from bridge.phases.plan import Planner
+
+    h = harness(LOCAL.model_copy(update={"workdir": str(tmp_path / "jobs"), "max_running": 1}))
+    ids = [h.submit(ONE.format(i=i, run="sleep 30")) for i in range(5)]
+    for _ in range(3):
+        h.bridge.cycle()
+    waiting = next(i for i in ids if h.states(i)["a"] == "PENDING")
+    h.store.request_cancel(waiting)
+    real = Planner.plan
+
+    def broken(self: Planner, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in this pass")
+
+    monkeypatch.setattr(Planner, "plan", broken)
+    with pytest.raises(RuntimeError):
+        h.bridge.cycle()  # read the cancel's change, then failed
+    monkeypatch.setattr(Planner, "plan", real)
+    h.bridge.cycle()
+    assert h.states(waiting) == {"a": "CANCELLED"}
+    for i in ids:
+        h.store.request_cancel(i)
+    h.run(ids[0], timeout=60)
