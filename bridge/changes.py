@@ -50,12 +50,11 @@ class ChangeFeed:
             wf_rows = db.execute(
                 "SELECT id, name, state, rev FROM workflows WHERE state='RUNNING'"
                 " OR finished_at>=? OR created_at>=?", (since, since)).fetchall()
-            self._seq = int(top)  # a change between the two reads is read again: harmless
+            read_to = int(top)  # a change between the two reads is read again: harmless
         else:  # what changed since the last poll (its id, state or revision moved)
             wf_rows = db.execute("SELECT id, name, state, rev, seq FROM workflows WHERE seq > ?"
                                  " ORDER BY seq", (self._seq,)).fetchall()
-            if wf_rows:
-                self._seq = int(wf_rows[-1]["seq"])
+            read_to = int(wf_rows[-1]["seq"]) if wf_rows else self._seq
         events: list[dict[str, Any]] = []
         ids = [int(r["id"]) for r in wf_rows]
         moved = [int(r["id"]) for r in wf_rows if self._revs.get(r["id"]) != r["rev"]]
@@ -89,5 +88,5 @@ class ChangeFeed:
             self._revs.pop(i, None)
             for act_id in self._acts_of.pop(i, []):
                 self._acts.pop(act_id, None)
-        self._since = now
+        self._since, self._seq = now, read_to  # only once all of it was read
         return events

@@ -423,7 +423,10 @@ class Daemon:
                 if not feed_live:  # the first client since nobody listened
                     feed.watch_from(watched)
                     feed_live = True
-                ctx.hub.publish(feed.poll())
+                try:
+                    ctx.hub.publish(feed.poll())
+                except Exception:  # a bug or a store error: logged; read again next cycle
+                    log.exception("change feed failed")
             else:
                 feed_live = False
             if not api.alive():
