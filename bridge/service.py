@@ -152,10 +152,7 @@ class Service:
         if durable:
             self.store.db.execute("PRAGMA synchronous=FULL")
         wf = self.prepare(text, runtime)
-        if intake_key is not None:
-            known = self.store.workflow_by_intake_key(intake_key)
-            if known is not None:  # a retried request, a spool file seen before a crash
-                return known, wf
+        # a known key (a retried request, a spool file seen before a crash) gives its workflow
         ((wf_id, _),) = self.store_prepared([(wf, intake_key)], intake)
         return wf_id, wf
 

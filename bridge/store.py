@@ -314,6 +314,15 @@ class WorkflowHead(NamedTuple):
     prepared: bool
 
 
+_HEAD_COLUMNS = "runtime, rev, prepared_at, staged_out_at, stage_out_error"
+"""What a :class:`WorkflowHead` is made of (:func:`_head`), in this order."""
+
+
+def _head(row: tuple[Any, ...]) -> WorkflowHead:
+    """A head from the :data:`_HEAD_COLUMNS` of a row (runtime, then the signature)."""
+    return WorkflowHead(row[0], tuple(row[1:]), row[2] is not None)
+
+
 class RunningHeads:
     """The heads of the RUNNING workflows, kept from one :meth:`read` to the next by the
     change sequence (``workflows.seq``): a read costs one indexed query for the workflows
@@ -354,10 +363,9 @@ class RunningHeads:
             return self._heads
         rows, self._seq = self.store.head_changes(self._seq)
         self.changed = {r[0] for r in rows}
-        for wf_id, state, runtime, *signature in rows:
+        for wf_id, state, head in rows:
             if state == WorkflowState.RUNNING.value:
-                self._heads[wf_id] = WorkflowHead(runtime, tuple(signature),
-                                                  signature[1] is not None)
+                self._heads[wf_id] = head
             else:
                 self._heads.pop(wf_id, None)
         return self._heads
@@ -532,20 +540,18 @@ class Store:
         """What the planner checks first for each RUNNING workflow (one query for all)."""
         cur = self.db.cursor()
         cur.row_factory = None  # plain tuples: this runs every cycle over every RUNNING one
-        rows = cur.execute("SELECT id, runtime, rev, prepared_at, staged_out_at,"
-                           " stage_out_error FROM workflows WHERE state='RUNNING'")
-        return {r[0]: WorkflowHead(r[1], r[2:], r[3] is not None) for r in rows}
+        rows = cur.execute(f"SELECT id, {_HEAD_COLUMNS} FROM workflows WHERE state='RUNNING'")
+        return {r[0]: _head(r[1:]) for r in rows}
 
-    def head_changes(self, after: int) -> tuple[list[tuple[Any, ...]], int]:
+    def head_changes(self, after: int
+                     ) -> tuple[list[tuple[int, str, WorkflowHead]], int]:
         """The workflows whose head changed after sequence number ``after`` (id, state,
-        runtime, rev, prepared_at, staged_out_at, stage_out_error), and the newest sequence
-        number they carry (``after`` when none changed)."""
+        head), and the newest sequence number they carry (``after`` when none changed)."""
         cur = self.db.cursor()
         cur.row_factory = None
-        rows = cur.execute("SELECT id, state, runtime, rev, prepared_at, staged_out_at,"
-                           " stage_out_error, seq FROM workflows WHERE seq > ? ORDER BY seq",
-                           (after,)).fetchall()
-        return [r[:7] for r in rows], (rows[-1][7] if rows else after)
+        rows = cur.execute(f"SELECT id, state, seq, {_HEAD_COLUMNS} FROM workflows"
+                           " WHERE seq > ? ORDER BY seq", (after,)).fetchall()
+        return [(r[0], r[1], _head(r[3:])) for r in rows], (rows[-1][2] if rows else after)
 
     def active_ids(self, wf_ids: Iterable[int] | None = None) -> set[int]:
         """Ids of RUNNING workflows (of ``wf_ids`` only, when given)."""
