@@ -21,6 +21,7 @@ from rich.text import Text
 
 _WRITE = threading.Lock()
 _TO_STDOUT = False
+_HELD = threading.local()
 
 
 class StderrLogger:
@@ -30,16 +31,41 @@ class StderrLogger:
         pass
 
     def msg(self, message: str) -> None:
-        with _WRITE:
-            stream = sys.stdout if _TO_STDOUT else sys.stderr
-            try:
-                stream.write(message + "\n")
-                stream.flush()
-            except (OSError, ValueError):  # stderr closed or gone (a closed pipe)
-                pass
+        held: list[str] | None = getattr(_HELD, "lines", None)
+        if held is not None:
+            held.append(message)
+            return
+        _write(message + "\n")
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
+
+
+def _write(text: str) -> None:
+    with _WRITE:
+        stream = sys.stdout if _TO_STDOUT else sys.stderr
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):  # stderr closed or gone (a closed pipe)
+            pass
+
+
+@contextlib.contextmanager
+def together() -> Iterator[None]:
+    """The lines this thread logs inside are written at the end, in one write: a write
+    lets go of the GIL, and a thread that logs a line per item of a batch waited a switch
+    interval per line to win it back under load."""
+    if getattr(_HELD, "lines", None) is not None:  # nested: the outer one writes
+        yield
+        return
+    _HELD.lines = []
+    try:
+        yield
+    finally:
+        lines, _HELD.lines = _HELD.lines, None
+        if lines:
+            _write("".join(line + "\n" for line in lines))
 
 
 def configure(level: str = "WARNING", json: bool | None = None, stdout: bool = False) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from bridge import metrics
+from bridge import logs, metrics
 from bridge.jobs import render_step
 from bridge.phases.plan import Planner, PlanResult
 from bridge.phases.prepare import staged_volumes, volumes_to_stage
@@ -165,10 +165,11 @@ class Bridge:
         transaction; per workflow its id and whether it is new (False: its key was known)."""
         stored = (store or self.store).add_workflows(
             [(wf, key, not self._to_prepare(wf)) for wf, key in items])
-        for (wf, _), (wf_id, new) in zip(items, stored, strict=True):
-            if new:
-                log.info("workflow accepted", workflow=wf_id, name=wf.name,
-                         activities=len(wf.steps))
+        with logs.together():
+            for (wf, _), (wf_id, new) in zip(items, stored, strict=True):
+                if new:
+                    log.info("workflow accepted", workflow=wf_id, name=wf.name,
+                             activities=len(wf.steps))
         return stored
 
     # -- runtimes and workers -----------------------------------------------------------------

@@ -13,6 +13,7 @@ import structlog
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -270,6 +271,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(peak.side_router)
     app.include_router(monitoring.router, responses=COMMON_ERRORS)
     _mount_ui(app)
+    intake_routes = {r.path: r for r in akoflow.router.routes
+                     if isinstance(r, APIRoute) and "POST" in (r.methods or ())}
+    app.add_middleware(akoflow.IntakeLane, ctx=ctx, routes=intake_routes)
     app.add_middleware(Guard, ctx=ctx)
     app.add_middleware(BodyLimit, limit=ctx.max_body)
     return app

@@ -41,7 +41,7 @@ from bridge.owner import StateDirLock
 from bridge.peak.triggers import CronTriggers
 from bridge.runner import Bridge
 from bridge.service import Service, ServiceError
-from bridge.store import Store
+from bridge.store import Checkpointer, Store
 from runtimes.config import ClusterConfigError, Clusters
 
 log = structlog.get_logger("akobridge.daemon")
@@ -55,13 +55,14 @@ PRUNE_EVERY_H = 6
 SWITCH_INTERVAL_S = 0.001
 """How long a thread holds the interpreter before one that waits gets it (Python's default,
 5 ms, added about that much to each API request while the bridge loop was busy)."""
-GC_THRESHOLDS = (50_000, 20, 100)
-"""The cyclic collector's thresholds in the daemon (Python's are 700, 10, 10): a young
-collection per 50,000 new objects instead of 700, a full one at most every 100 middle ones.
-A full collection stops every thread for tens of milliseconds; with the defaults a stream of
-300 submissions a second met one every few seconds (intake p99 at 50 clients in four
-alternating runs 21, 27, 106, 102 ms → 21, 33, 39, 29 ms). Garbage without cycles is freed at
-once either way."""
+GC_THRESHOLDS = (1_000, 10, 100)
+"""The cyclic collector's thresholds in the daemon (Python's are 700, 10, 10). Young and
+middle collections stay small, so each pause is short: every daemon keeps a few dozen
+objects per queued workflow (parsed specs, planner records), and a young collection walks
+what was made since the last one — at 50,000 that was a 26-40 ms pause, every 600
+submissions of a stream, and a middle one would have walked a million. A full collection
+(all the long-lived objects, tens of milliseconds) only after 100 middle ones: with 10, a
+stream of 300 submissions a second met one every few seconds."""
 CYCLE_GAP_S = 0.02
 """Shortest time from the start of one cycle to the start of the next (at most 50 a second)."""
 WAKE_GAP_S = 0.1
@@ -284,11 +285,15 @@ class Daemon:
             pid_ctx = PidFile(pidfile)
         with pid_ctx, StateDirLock(self.state_dir, "akobridge serve",
                                    api=bound.client_address):
-            self.store = Store(self.state_dir / paths.DB_NAME)
-            self.bridge = Bridge(self.store, clusters, self.state_dir)
-            self.bridge.raise_refusals = False
-            self.bridge.secrets = self.cfg.peak_secrets()  # mode checked; read again on SIGHUP
-            return self._serve(bound, notifier)
+            checkpointer = Checkpointer(self.state_dir / paths.DB_NAME).start()
+            try:
+                self.store = Store(self.state_dir / paths.DB_NAME)
+                self.bridge = Bridge(self.store, clusters, self.state_dir)
+                self.bridge.raise_refusals = False
+                self.bridge.secrets = self.cfg.peak_secrets()  # mode checked; again on SIGHUP
+                return self._serve(bound, notifier)
+            finally:
+                checkpointer.stop()
 
     def _serve(self, bound: Bound, notifier: Any) -> int:
         from bridge.notify import webhooks
@@ -329,8 +334,7 @@ class Daemon:
                  clusters=self.bridge.clusters.names())
         # what exists now (modules, the app, its schemas) lives as long as the process: out
         # of the collector's sight, a full collection walks half as many objects; and the
-        # collector runs less often (GC_THRESHOLDS): each full collection holds every thread
-        # for 20-50 ms, three of them in a few seconds of a stream of requests made the p99
+        # thresholds keep every pause short and full collections rare (GC_THRESHOLDS)
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
