@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from pathlib import Path
 
@@ -252,7 +253,8 @@ class Bridge:
         anything changed. ``wf_ids``: the workflows to drive (default: all active ones)."""
         changed = self._collect()
         heads = self.heads.read()  # the changed RUNNING rows; serves both
-        driven = set(heads) if wf_ids is None else set(heads) & set(wf_ids)
+        # all RUNNING ones: the heads' own keys, not a copy of tens of thousands each cycle
+        driven = heads.keys() if wf_ids is None else heads.keys() & set(wf_ids)
         try:
             plan = self.planner.plan(driven, heads, self.heads.changed)
         except BaseException:  # the changes it was given are unplanned: plan all next time
@@ -261,10 +263,12 @@ class Bridge:
         changed |= plan.changed
         for name, ids in plan.created.items():
             self._lane(name).worker.mark_absent(ids)
+        snapshot: frozenset[int] | None = None  # a round may outlast this cycle's heads
         for name in self._clusters_wanted(driven, plan):
             lane = self._lane(name)
             if not lane.busy:
-                lane.start(RoundOrder(driven, plan.prepare.get(name, set()),
+                snapshot = frozenset(driven) if snapshot is None else snapshot
+                lane.start(RoundOrder(snapshot, plan.prepare.get(name, set()),
                                       plan.stage_out.get(name, set()), self.hold))
         deadline = time.monotonic() + ROUND_WAIT_S
         for lane in self._lanes.values():
@@ -272,7 +276,7 @@ class Bridge:
                 lane.thread.join(max(0.0, deadline - time.monotonic()))
         return self._collect() or changed
 
-    def _clusters_wanted(self, driven: set[int], plan: PlanResult) -> set[str]:
+    def _clusters_wanted(self, driven: AbstractSet[int], plan: PlanResult) -> set[str]:
         names = {a.cluster for a in self.store.live_attempts(driven)}
         names |= {n for n, ids in plan.prepare.items() if ids}
         names |= {n for n, ids in plan.stage_out.items() if ids}

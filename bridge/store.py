@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -677,7 +678,7 @@ class Store:
         # filtered here, not with ``IN (?, …)``: callers pass every RUNNING workflow (each
         # cycle, each round; thousands when many queue), live attempts are at most the
         # clusters' queue limits
-        ids = wf_ids if isinstance(wf_ids, set | frozenset) else set(wf_ids)
+        ids = wf_ids if isinstance(wf_ids, AbstractSet) else set(wf_ids)
         return [_attempt(r) for r in rows if r["workflow_id"] in ids]
 
     def attempt(self, attempt_id: int) -> AttemptRow | None:

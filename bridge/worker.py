@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -59,7 +60,7 @@ up on (it then keeps what was known at its end, e.g. its wall time)."""
 class RoundOrder:
     """What the planner asks of one cluster this round."""
 
-    wf_ids: set[int]
+    wf_ids: AbstractSet[int]
     """The workflows being driven (attempts of other workflows are left alone)."""
     prepare: set[int] = field(default_factory=set)
     stage_out: set[int] = field(default_factory=set)
@@ -256,7 +257,7 @@ class ClusterWorker:
         return {secret_env_name(n): known[n] for n in names}
 
     # -- submit -------------------------------------------------------------------------------
-    def _submit(self, runtime: Runtime, wf_ids: set[int]) -> bool:
+    def _submit(self, runtime: Runtime, wf_ids: AbstractSet[int]) -> bool:
         ready = [a for a in self.store.live_attempts(wf_ids, self.name)
                  if a.job_id is None and a.id in self.absent and not a.cancel_requested]
         if not ready:

@@ -109,8 +109,11 @@ class Planner:
         """Quiet workflows with a retry: when it is due."""
         self._blocked: dict[str, set[int]] = {}
         """Cluster → the quiet workflows that wait for room on it."""
+        self._loud: set[int] = set()
+        """Workflows seen and not quiet: with ``changed`` a pass looks at these without a
+        pass over every driven one (tens of thousands when many queue)."""
 
-    def plan(self, wf_ids: set[int], heads: Mapping[int, WorkflowHead] | None = None,
+    def plan(self, wf_ids: AbstractSet[int], heads: Mapping[int, WorkflowHead] | None = None,
              changed: AbstractSet[int] | None = None) -> PlanResult:
         """One pass over the driven workflows. A workflow whose last pass changed nothing is
         skipped while its signature (revision, phases) stays the same, until its earliest
@@ -119,8 +122,9 @@ class Planner:
         caller passes ``heads``, :meth:`Store.running_heads` read this cycle). ``changed``:
         the workflows whose head moved since the last pass (:attr:`RunningHeads.changed`);
         with it the pass looks only at those, the ones not quiet, the ones whose retry is
-        due and the ones waiting for a cluster that has room now — not at every quiet one
-        (thousands when many queue)."""
+        due and the ones waiting for a cluster that has room now — no set operation over
+        every driven one either (tens of thousands when many queue: a few milliseconds a
+        pass each, ten passes a second under a stream of submissions)."""
         result = PlanResult()
         if heads is None:
             heads = self.store.running_heads()
@@ -128,12 +132,13 @@ class Planner:
         room: dict[str, bool] = {}
         self._room_seen = room
         self._live = {}
-        for wf_id in sorted(self._candidates(wf_ids, changed, now, room)):
+        for wf_id in sorted(self._candidates(wf_ids, changed, heads, now, room)):
             head = heads.get(wf_id)
             if head is None:
                 continue
             if not head.prepared:
                 result.prepare[head.runtime].add(wf_id)
+                self._loud.add(wf_id)  # asked again each pass until it is prepared
                 continue
             quiet = self._quiet.get(wf_id)
             if quiet is not None and quiet.still(head.signature, now) and not any(
@@ -148,26 +153,38 @@ class Planner:
                 self._hush(wf_id, replace(quiet, signature=head.signature))
             else:
                 self._wake(wf_id)
-        for wf_id in self._quiet.keys() - heads.keys():  # finished ones
+                self._loud.add(wf_id)
+        # finished ones (and, in a full pass, any no longer driven) are forgotten
+        gone = (self._quiet.keys() | self._loud) - heads.keys() if changed is None else (
+            {w for w in changed if w not in heads})
+        for wf_id in gone:
             self._wake(wf_id)
+            self._loud.discard(wf_id)
         return result
 
-    def _candidates(self, wf_ids: set[int], changed: AbstractSet[int] | None, now: datetime,
-                    room: dict[str, bool]) -> set[int]:
+    def _candidates(self, wf_ids: AbstractSet[int], changed: AbstractSet[int] | None,
+                    heads: Mapping[int, WorkflowHead], now: datetime,
+                    room: dict[str, bool]) -> AbstractSet[int]:
         """The driven workflows this pass must look at (all of them without ``changed``);
-        set operations, no Python loop over the quiet ones."""
+        with ``changed``, built from the small sets only — the loud ones, the changed ones,
+        the retries due, the ones waiting for a cluster that has room now."""
         if changed is None:
+            self._loud = set(heads.keys()) - self._quiet.keys()
             return wf_ids
-        picked = (wf_ids - self._quiet.keys()) | (wf_ids & changed)
-        picked |= {w for w, at in self._wake_at.items() if at <= now and w in wf_ids}
+        # every RUNNING one not quiet is loud, driven by this pass or not (a later pass may
+        # drive it: `run` of one workflow, then of another)
+        self._loud |= {w for w in changed if w in heads and w not in self._quiet}
+        picked = self._loud | changed
+        picked |= {w for w, at in self._wake_at.items() if at <= now}
         for name, waiting in self._blocked.items():
             if waiting and self._room(name, room):
-                picked |= waiting & wf_ids
-        return picked
+                picked |= waiting
+        return {w for w in picked if w in wf_ids}
 
     def _hush(self, wf_id: int, quiet: Quiet) -> None:
         """Record a quiet workflow and what would wake it (a retry time, a cluster's room)."""
         self._wake(wf_id)
+        self._loud.discard(wf_id)
         self._quiet[wf_id] = quiet
         if quiet.wake_at is not None:
             self._wake_at[wf_id] = quiet.wake_at
