@@ -109,3 +109,37 @@ def test_the_loop_plans_a_wake_up_after_an_idle_spell() -> None:
     run_loop(changed=False, seconds=0.6, wake_every=None, bridge=bridge, wake_at=0.4)
     woken = [t - t0 for t in bridge.at if t - t0 >= 0.4]
     assert woken and woken[0] < 0.4 + bridge.idle_s() * 0.8, [t - t0 for t in bridge.at]
+
+
+def test_full_collections_wait_for_a_quiet_spell_or_the_longest_gap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full collection (tenths of a second with tens of thousands queued) runs when nothing
+    woke or changed the loop for FULL_GC_QUIET_S, at most once a minute, and under endless
+    load at the latest after FULL_GC_EVERY_S[1]."""
+    import gc
+
+    from bridge import daemon as d
+
+    ran: list[float] = []
+    now = [1000.0]
+    monkeypatch.setattr(gc, "collect", lambda *a: ran.append(now[0]) or 0)
+    full = d.FullCollections(clock=lambda: now[0])
+    low, high = d.FULL_GC_EVERY_S
+
+    def tick(seconds: float, busy: bool) -> None:
+        end = now[0] + seconds
+        while now[0] < end:
+            now[0] += 0.1
+            full.after_cycle(busy)
+
+    tick(low + 10, busy=False)  # quiet, but not a minute since the last one (start-up)
+    assert ran == [pytest.approx(1000 + low, abs=0.2)]
+    tick(low, busy=True)  # a minute since, but busy all along
+    assert len(ran) == 1
+    tick(d.FULL_GC_QUIET_S - 0.5, busy=False)  # not quiet for long enough yet
+    assert len(ran) == 1
+    tick(1.0, busy=False)
+    assert len(ran) == 2
+    tick(high + 5, busy=True)  # never quiet again: once, at the longest gap
+    assert len(ran) == 3 and ran[2] - ran[1] == pytest.approx(high, abs=0.2)
+    assert d.GC_THRESHOLDS[2] >= 100_000  # no full collection starts by itself

@@ -226,3 +226,29 @@ def test_a_full_read_and_an_incremental_one_agree(tmp_path: Path, resync: bool,
             assert heads.changed is not None
             assert set(ids) - {ids[round_ % 4]} <= heads.changed
             assert heads.changed <= {*ids, *before}
+
+
+def test_the_periodic_check_reads_every_running_row_only_when_it_finds_a_difference(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every RESYNC_S the heads are checked against one aggregate row (how many RUNNING, the
+    sum of their ids); every RUNNING row is read again only when that differs — a workflow
+    deleted behind the change sequence's back, say. Reading them all each minute took 0.2 s
+    of the interpreter with 36,000 queued."""
+    store = Store(tmp_path / "s.db")
+    wf = parse_akoflow(ONE.format(name="x")).workflow
+    ids = [store.add_workflow(wf) for _ in range(5)]
+    heads = RunningHeads(store)
+    full_reads: list[int] = []
+    original = store.running_heads
+    monkeypatch.setattr(store, "running_heads", lambda: full_reads.append(1) or original())
+    heads.read()
+    monkeypatch.setattr(RunningHeads, "RESYNC_S", 0.0)
+    for _ in range(3):
+        heads.read()
+    assert len(full_reads) == 1, "the check found nothing different: no full read"
+    with store.transaction() as db:  # gone without a change of its sequence number
+        db.execute("DELETE FROM activities WHERE workflow_id=?", (ids[2],))
+        db.execute("DELETE FROM workflows WHERE id=?", (ids[2],))
+    now = heads.read()
+    assert len(full_reads) == 2 and ids[2] not in now and heads.changed == {ids[2]}
+    assert dict(now) == store.running_heads()

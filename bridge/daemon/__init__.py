@@ -24,6 +24,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,14 +56,19 @@ PRUNE_EVERY_H = 6
 SWITCH_INTERVAL_S = 0.001
 """How long a thread holds the interpreter before one that waits gets it (Python's default,
 5 ms, added about that much to each API request while the bridge loop was busy)."""
-GC_THRESHOLDS = (1_000, 10, 100)
+GC_THRESHOLDS = (1_000, 10, 1_000_000)
 """The cyclic collector's thresholds in the daemon (Python's are 700, 10, 10). Young and
 middle collections stay small, so each pause is short: every daemon keeps a few dozen
 objects per queued workflow (parsed specs, planner records), and a young collection walks
 what was made since the last one — at 50,000 that was a 26-40 ms pause, every 600
-submissions of a stream, and a middle one would have walked a million. A full collection
-(all the long-lived objects, tens of milliseconds) only after 100 middle ones: with 10, a
-stream of 300 submissions a second met one every few seconds."""
+submissions of a stream. Full collections (every long-lived object: 0.3-0.4 s with ~25,000
+queued) never start by themselves: :class:`FullCollections` runs them when the daemon is
+quiet."""
+FULL_GC_QUIET_S = 2.0
+"""A full collection runs once nothing woke or changed the loop for this long …"""
+FULL_GC_EVERY_S = (60.0, 900.0)
+"""… at most once a minute, and at the latest every 15 minutes even under load (cyclic
+garbage that outlived the young collections is freed then)."""
 CYCLE_GAP_S = 0.02
 """Shortest time from the start of one cycle to the start of the next (at most 50 a second)."""
 WAKE_GAP_S = 0.1
@@ -80,6 +86,33 @@ def pause_s(changed: bool, woken: bool, began: float, now: float) -> float:
     idle wait alone took longer)."""
     gap = WAKE_GAP_S if woken and not changed else CYCLE_GAP_S
     return max(0.0, gap - (now - began))
+
+
+class FullCollections:
+    """Full collections of the cyclic collector at quiet moments (see :data:`GC_THRESHOLDS`):
+    a pause of tenths of a second with tens of thousands queued lands between requests, not
+    in the middle of a stream of them."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._busy_at = self._full_at = clock()
+
+    def after_cycle(self, busy: bool) -> bool:
+        """Note one loop iteration (``busy``: a request woke it or the cycle changed
+        something); collect if it is time. Whether a collection ran."""
+        now = self.clock()
+        if busy:
+            self._busy_at = now
+        since = now - self._full_at
+        due = since >= FULL_GC_EVERY_S[1] or (
+            since >= FULL_GC_EVERY_S[0] and now - self._busy_at >= FULL_GC_QUIET_S)
+        if not due:
+            return False
+        began = time.perf_counter()
+        found = gc.collect()
+        self._full_at = self.clock()
+        log.debug("full collection", found=found, ms=round((time.perf_counter() - began) * 1e3))
+        return True
 
 
 class ServeError(RuntimeError):
@@ -409,6 +442,7 @@ class Daemon:
         ping_every = notifier.watchdog_interval_s
         last_ping = 0.0
         feed_live = False
+        collections = FullCollections()
         while not self.stop_requested.is_set():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -445,6 +479,7 @@ class Daemon:
             if not changed:
                 woken = self.wake.wait(self.bridge.idle_s())
                 self.wake.clear()
+            collections.after_cycle(busy=changed or woken)
             # a burst of submissions (each one wakes the loop) is planned in one cycle, and
             # the API keeps its share of the interpreter while the loop is busy
             self.stop_requested.wait(pause_s(changed, woken, began, time.monotonic()))
