@@ -363,9 +363,18 @@ class Checkpointer:
 
     def _run(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        wal = Path(f"{self.path}-wal")
+        seen: float | None = None
         try:
             while True:
                 stopping = self._stop.wait(self.INTERVAL_S)
+                try:
+                    written = wal.stat().st_mtime_ns
+                except OSError:
+                    written = None
+                if written is not None and written == seen and not stopping:
+                    continue  # nothing written since the last one (an idle daemon)
+                seen = written
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:  # the next round tries again
