@@ -559,3 +559,29 @@ def test_a_name_re_pointed_after_the_check_still_gets_the_checked_address(
     _drain(store, WebhookSettings(attempts=1, first_delay_s=0.05, max_delay_s=0.1))
     assert lookups == ["rebind.test"] and len(hook.ok()) == 1
     assert hook.ok()[0].headers["Host"] == f"rebind.test:{hook.port}"
+
+
+def test_an_idle_loop_reads_the_outbox_seldom_and_a_poke_at_once(
+        tmp_path: Path, hook: Hook, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's loop (idle_s): an empty outbox is read every idle_s, not ten times a
+    second; an event committed and poked is delivered at once."""
+    import bridge.notify.webhooks as wh
+
+    store = _store(tmp_path)
+    reads: list[float] = []
+    original = wh.pending_by_destination
+    monkeypatch.setattr(wh, "pending_by_destination",
+                        lambda s: reads.append(time.monotonic()) or original(s))
+    loop = DeliveryLoop(store.path, FAST, interval_s=0.02, idle_s=5.0)
+    try:
+        loop.start()
+        time.sleep(1.0)
+        assert len(reads) == 1, "an empty outbox read once, then every idle_s"
+        wf = _workflow(store)
+        _emit(store, wf, ["WORKFLOW_DONE"], [hook.url])
+        poked = time.monotonic()
+        loop.poke()
+        got = hook.wait_ok(1)
+        assert len(got) == 1 and time.monotonic() - poked < 2.0
+    finally:
+        loop.stop(timeout=1)

@@ -64,6 +64,9 @@ what was made since the last one — at 50,000 that was a 26-40 ms pause, every 
 submissions of a stream. Full collections (every long-lived object: 0.3-0.4 s with ~25,000
 queued) never start by themselves: :class:`FullCollections` runs them when the daemon is
 quiet."""
+DELIVERY_IDLE_S = 0.5
+"""The webhook loop reads an empty outbox this often (each cycle that changed something
+pokes it at once)."""
 FULL_GC_QUIET_S = 2.0
 """A full collection runs once nothing woke or changed the loop for this long …"""
 FULL_GC_EVERY_S = (60.0, 900.0)
@@ -343,7 +346,7 @@ class Daemon:
                          redeliver=lambda i: webhooks.redeliver(service.store, i),
                          catalogue=self.catalogue)
         api = ApiThread(create_app(ctx), bound.sockets, ctx)
-        delivery = webhooks.DeliveryLoop(self.store.path, settings)
+        delivery = webhooks.DeliveryLoop(self.store.path, settings, idle_s=DELIVERY_IDLE_S)
         scheduler = self._scheduler(service, delivery)
         cron = CronTriggers(scheduler, service, self.catalogue,
                             catch_up=self.cfg.peak.cron_catch_up,
