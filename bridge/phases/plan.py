@@ -8,6 +8,7 @@ decision made on a stale read changes nothing.
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 from collections import defaultdict
@@ -178,7 +179,10 @@ class Planner:
         picked |= {w for w, at in self._wake_at.items() if at <= now}
         for name, waiting in self._blocked.items():
             if waiting and self._room(name, room):
-                picked |= waiting
+                # the oldest as many as there are free slots: each takes one at least, and
+                # one that does not leaves the room to the next ones next pass (not a pass
+                # over every waiting one each time a job ends: tens of thousands may wait)
+                picked.update(heapq.nsmallest(self._free(name), waiting))
         return {w for w in picked if w in wf_ids}
 
     def _hush(self, wf_id: int, quiet: Quiet) -> None:
@@ -207,6 +211,16 @@ class Planner:
             seen[cluster_name] = self._limit(cluster) > self._live_count(cluster.name) \
                 and (bucket is None or bucket.peek(time.monotonic()) >= 1)
         return seen[cluster_name]
+
+    def _free(self, cluster_name: str) -> int:
+        """New jobs the cluster could take now: its queue limit less its live jobs, and
+        no more than the submission rate allows."""
+        cluster = self.cluster(cluster_name)
+        free = self._limit(cluster) - self._live_count(cluster.name)
+        bucket = self._buckets.get(cluster_name)
+        if bucket is not None:
+            free = min(free, int(bucket.peek(time.monotonic())))
+        return max(1, free)
 
     def _live_count(self, cluster_name: str) -> int:
         """The cluster's live jobs, read once per pass (see ``_live``)."""
