@@ -377,7 +377,8 @@ class Checkpointer:
                 seen = written
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # the next round tries again
+                except Exception as exc:  # noqa: BLE001 - the next round tries again (a
+                    # thread that ended here would leave the log to grow without end)
                     log.warning("checkpoint failed", error=str(exc))
                 if stopping:
                     return
