@@ -6,6 +6,7 @@ own (bridge.store.Checkpointer)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -16,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
-from fastapi.testclient import TestClient
 
 from bridge import logs, metrics
 from bridge.api import akoflow
@@ -36,13 +37,26 @@ def body(name: str = "lane", **extra: Any) -> dict[str, Any]:
     return {"workflow": base64.b64encode(ONE.format(name=name).encode()).decode(), **extra}
 
 
+class Client:
+    """A blocking client of the app in this process (httpx over ASGI, one event loop)."""
+
+    def __init__(self, runner: asyncio.Runner, http: httpx.AsyncClient) -> None:
+        self.runner, self.http = runner, http
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.runner.run(self.http.post(path, **kwargs))
+
+
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
+def client(tmp_path: Path) -> Iterator[Client]:
     store = Store(tmp_path / "state.db")
     service = Service(Bridge(store, Clusters([]), tmp_path))
-    ctx = ApiContext(service, tokenless_ports={80})  # TestClient's server is testserver:80
-    with TestClient(create_app(ctx), raise_server_exceptions=False) as c:
-        yield c
+    ctx = ApiContext(service, tokenless_ports={80})  # the transport's server: testserver:80
+    transport = httpx.ASGITransport(app=create_app(ctx))
+    with asyncio.Runner() as runner:
+        http = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        yield Client(runner, http)
+        runner.run(http.aclose())
     ctx.intake.close()
 
 
@@ -53,7 +67,7 @@ def requests_counted(route: str, code: str) -> float:
 
 
 def test_well_formed_posts_are_answered_without_the_fastapi_routes(
-        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     def not_here(*_args: Any) -> None:
         raise AssertionError("a well-formed intake request reached the FastAPI route")
     monkeypatch.setattr(akoflow, "_submit", not_here)
@@ -82,7 +96,7 @@ def test_well_formed_posts_are_answered_without_the_fastapi_routes(
 
 
 def test_the_lane_answers_a_bad_workflow_as_the_routes_do(
-        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(akoflow, "_submit", lambda *_a: pytest.fail("reached the route"))
     r = client.post("/workflows", json={"workflow": "%%% not base64"})
     assert r.status_code == 400
@@ -102,7 +116,7 @@ def test_the_lane_answers_a_bad_workflow_as_the_routes_do(
     ({"json": body(), "headers": {"Idempotency-Key": "k" * 201}}, 422, "idempotency-key"),
 ])
 def test_anything_not_plainly_well_formed_gets_the_routes_own_errors(
-        client: TestClient, send: dict[str, Any], status: int, field: str) -> None:
+        client: Client, send: dict[str, Any], status: int, field: str) -> None:
     r = client.post("/workflows", **send)
     assert r.status_code == status, r.text
     reply = r.json()
@@ -110,7 +124,7 @@ def test_anything_not_plainly_well_formed_gets_the_routes_own_errors(
     assert any(d["field"] == field for d in reply["detail"]), reply
 
 
-def test_another_content_type_goes_to_the_route_with_its_body(client: TestClient) -> None:
+def test_another_content_type_goes_to_the_route_with_its_body(client: Client) -> None:
     r = client.post("/workflows", content=json.dumps(body()),
                     headers={"Content-Type": "text/plain"})
     assert r.status_code == 422, r.text  # FastAPI's answer, the body replayed to it
