@@ -338,15 +338,21 @@ class Daemon:
         policy = settings.policy
         service = Service(self.bridge, url_check=policy.check,
                           allowed_roots=self.cfg.staging.allowed_roots, wake=self.wake.set)
+        delivery = webhooks.DeliveryLoop(self.store.path, settings, idle_s=DELIVERY_IDLE_S)
+
+        def redeliver(delivery_id: int) -> bool:
+            again = webhooks.redeliver(service.store, delivery_id)
+            if again:
+                delivery.poke()  # at once, not at the loop's next idle read
+            return again
+
         ctx = ApiContext(service, tokens=self.cfg.tokens(),
                          tokenless_ports=bound.tokenless_ports, max_body=self.cfg.api.max_body,
                          readiness=self.readiness,
                          dead_letters=lambda limit, offset: webhooks.dead_letters(
                              service.store, limit, offset),
-                         redeliver=lambda i: webhooks.redeliver(service.store, i),
-                         catalogue=self.catalogue)
+                         redeliver=redeliver, catalogue=self.catalogue)
         api = ApiThread(create_app(ctx), bound.sockets, ctx)
-        delivery = webhooks.DeliveryLoop(self.store.path, settings, idle_s=DELIVERY_IDLE_S)
         scheduler = self._scheduler(service, delivery)
         cron = CronTriggers(scheduler, service, self.catalogue,
                             catch_up=self.cfg.peak.cron_catch_up,
