@@ -56,6 +56,14 @@ async def _submit(request: Request, body: WorkflowIn, key: str | None) -> tuple[
     return wf_id, wf.name
 
 
+def accepted(wf_id: int, name: str) -> Accepted:
+    return Accepted(id=wf_id, name=name, message=DEPLOYED)
+
+
+def engine_accepted(wf_id: int, name: str) -> EngineAccepted:
+    return EngineAccepted(workflow_entity=name, workflow_id=wf_id, message=DEPLOYED)
+
+
 @router.post("/workflows", status_code=201, response_model=Accepted)
 async def post_workflow(request: Request, body: WorkflowIn,
                         idempotency_key: str | None = Header(default=None,
@@ -64,31 +72,28 @@ async def post_workflow(request: Request, body: WorkflowIn,
     """Submit an AkoFlow workflow. An ``Idempotency-Key`` header makes a retried request
     return the workflow it already created."""
     wf_id, name = await _submit(request, body, idempotency_key)
-    return Accepted(id=wf_id, name=name, message=DEPLOYED)
+    return accepted(wf_id, name)
 
 
 @router.post("/akoflow-server/workflow/", response_model=EngineAccepted)
 async def post_engine_server(request: Request, body: WorkflowIn) -> EngineAccepted:
     """The AkoFlow engine's server path (same body, its reply shape)."""
     wf_id, name = await _submit(request, body, None)
-    return EngineAccepted(workflow_entity=name, workflow_id=wf_id, message=DEPLOYED)
+    return engine_accepted(wf_id, name)
 
 
 @router.post("/akoflow-api/workflows/", response_model=EngineAccepted)
 async def post_engine_api(request: Request, body: WorkflowIn) -> EngineAccepted:
     """The AkoFlow engine's API path (same body, its reply shape)."""
     wf_id, name = await _submit(request, body, None)
-    return EngineAccepted(workflow_entity=name, workflow_id=wf_id, message=DEPLOYED)
+    return engine_accepted(wf_id, name)
 
 
-_Reply = Callable[[int, str], dict[str, Any]]
-_REPLIES: dict[str, tuple[int, _Reply, bool]] = {
-    # path: (status, reply body from (id, name), whether an Idempotency-Key counts)
-    "/workflows": (201, lambda i, n: {"id": i, "name": n, "message": DEPLOYED}, True),
-    "/akoflow-server/workflow/": (200, lambda i, n: {"workflow_entity": n, "workflow_id": i,
-                                                     "message": DEPLOYED}, False),
-    "/akoflow-api/workflows/": (200, lambda i, n: {"workflow_entity": n, "workflow_id": i,
-                                                   "message": DEPLOYED}, False),
+_REPLIES: dict[str, tuple[int, Callable[[int, str], BaseModel], bool]] = {
+    # path: (status, the route's reply from (id, name), whether an Idempotency-Key counts)
+    "/workflows": (201, accepted, True),
+    "/akoflow-server/workflow/": (200, engine_accepted, False),
+    "/akoflow-api/workflows/": (200, engine_accepted, False),
 }
 
 
@@ -125,7 +130,8 @@ class IntakeLane:
         except ServiceError as exc:
             response = error_response(exc.status, exc.error, exc.detail)
         else:
-            response = JSONResponse(reply[1](wf_id, wf.name), status_code=reply[0])
+            response = JSONResponse(reply[1](wf_id, wf.name).model_dump(),
+                                    status_code=reply[0])
         await response(scope, receive, send)
 
 

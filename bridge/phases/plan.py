@@ -155,8 +155,8 @@ class Planner:
             else:
                 self._wake(wf_id)
                 self._loud.add(wf_id)
-        # finished ones (and, in a full pass, any no longer driven) are forgotten
-        gone = (self._quiet.keys() | self._loud) - heads.keys() if changed is None else (
+        # finished ones are forgotten (every loud one is in heads: just rebuilt from them)
+        gone = self._quiet.keys() - heads.keys() if changed is None else (
             {w for w in changed if w not in heads})
         for wf_id in gone:
             self._wake(wf_id)
@@ -206,10 +206,7 @@ class Planner:
     def _room(self, cluster_name: str, seen: dict[str, bool]) -> bool:
         """Whether a new job could go to this cluster now (asked once per pass)."""
         if cluster_name not in seen:
-            cluster = self.cluster(cluster_name)
-            bucket = self._buckets.get(cluster_name)
-            seen[cluster_name] = self._limit(cluster) > self._live_count(cluster.name) \
-                and (bucket is None or bucket.peek(time.monotonic()) >= 1)
+            seen[cluster_name] = self._free(cluster_name) > 0
         return seen[cluster_name]
 
     def _free(self, cluster_name: str) -> int:
@@ -220,7 +217,7 @@ class Planner:
         bucket = self._buckets.get(cluster_name)
         if bucket is not None:
             free = min(free, int(bucket.peek(time.monotonic())))
-        return max(1, free)
+        return max(0, free)
 
     def _live_count(self, cluster_name: str) -> int:
         """The cluster's live jobs, read once per pass (see ``_live``)."""
