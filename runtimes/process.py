@@ -55,7 +55,7 @@ from runtimes.base import (
     write_job_files,
 )
 from runtimes.config import ClusterConfig
-from runtimes.jobdir import SCRIPT_FILE, marker_path, parse_marker
+from runtimes.jobdir import SCRIPT_FILE, Marker, marker_path, parse_marker
 from runtimes.transport import LocalTransport
 
 PID_FILE = "local.pid"
@@ -72,6 +72,11 @@ _TIME_LINE = re.compile(r"^#SBATCH --time=(\S+)[ \t]*$", re.MULTILINE)
 _START = 'printf %s "$$" > local.pid && exec /bin/bash "$1"'
 """The child's first act: record its pid (one short write: a reader sees all or nothing of
 it), then become the job script."""
+REAP_WAIT_S = 0.05
+"""How long a poll waits in all for jobs' processes to exit once their exit-code markers are
+written (bash exits right after its EXIT trap writes the marker)."""
+REAP_GRACE_S = 5.0
+"""A job's process still there this long after its marker's end is let go (no rusage)."""
 PID_WAIT_S = 5.0
 """How long :meth:`find` waits for a live job's pid file (written at the child's start)."""
 
@@ -129,6 +134,7 @@ class ProcessRuntime(Runtime):
         live = [j for j in jobs if j.job_id]
         alive = {str(j.job_id): self._alive(j) for j in live}  # before reading the markers
         markers = self.transport.read_files(marker_path(j.jobdir) for j in live)
+        reap_until = time.monotonic() + REAP_WAIT_S  # for all the jobs of this poll
         for job in live:
             job_id = str(job.job_id)
             raw = markers.get(marker_path(job.jobdir))
@@ -142,6 +148,11 @@ class ProcessRuntime(Runtime):
                     self._enforce_time_limit(job)
                 out[job_id] = JobStatus(JobState.RUNNING, started_at=self._started.get(job_id))
                 continue
+            proc = self._children.get(job_id)
+            if proc is not None and marker is not None \
+                    and not self._reap_soon(job_id, proc, marker, reap_until):
+                out[job_id] = JobStatus(JobState.RUNNING, started_at=self._started.get(job_id))
+                continue  # its marker is written, its process not yet gone: its rusage next poll
             timed_out = os.path.exists(f"{job.jobdir}/{TIMEOUT_FILE}")
             self._limits.pop(job_id, None)
             proc = self._children.pop(job_id, None)
@@ -187,6 +198,21 @@ class ProcessRuntime(Runtime):
             return False
         proc.returncode = os.waitstatus_to_exitcode(status)
         self._rusage[job_id] = (usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+        return True
+
+    def _reap_soon(self, job_id: str, proc: subprocess.Popen[bytes], marker: Marker,
+                   deadline: float) -> bool:
+        """Reap a child whose marker is written; whether it is reaped or given up on.
+
+        The EXIT trap writes the marker just before bash exits: the process is waited for
+        until ``deadline`` (a poll waits :data:`REAP_WAIT_S` at most in all). A child still
+        there :data:`REAP_GRACE_S` after its marker's end is let go without its rusage
+        (Python reaps it later)."""
+        while not self._reap(job_id, proc):
+            if time.monotonic() >= deadline:
+                end = marker.end.timestamp() if marker.end else 0.0
+                return time.time() - end > REAP_GRACE_S
+            time.sleep(0.002)
         return True
 
     def _enforce_time_limit(self, job: TrackedJob) -> None:

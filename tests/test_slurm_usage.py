@@ -235,3 +235,27 @@ def test_a_local_job_adopted_after_a_restart_has_only_its_wall_time(tmp_path: Pa
             proc.wait(timeout=10)
     assert status.state is JobState.COMPLETED and status.elapsed_s is not None
     assert status.elapsed_s >= 1 and status.max_rss_kb is None and status.cpu_s is None
+
+
+def test_a_local_job_seen_between_its_marker_and_its_exit_keeps_its_rusage(tmp_path: Path) -> None:
+    """The EXIT trap writes the marker, then bash exits: a poll in between used to end the job
+    without waiting for its process, so its rusage was lost (a CI failure of the test above).
+    Here the marker is written 0.5 s before the process exits."""
+    rt = ProcessRuntime(LOCAL)
+    req = request(tmp_path, (
+        "python3 -c 'b = bytearray(160 * 1024 * 1024); b[::4096] = b\"x\" * len(b[::4096])'\n"
+        "now=$(date +%s.%N); printf '0 %s %s - %s\\n' \"$now\" \"$now\" akb-test-1-step-1 "
+        "> \"$AKB_JOBDIR/exitcode\"\n"
+        "sleep 0.5"))
+    [submitted] = rt.submit([req])
+    job = TrackedJob(req.token, req.jobdir, submitted.job_id)
+    deadline = time.monotonic() + 10
+    while not (Path(req.jobdir) / "exitcode").exists():  # the early marker is there
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    early = rt.poll([job])[str(job.job_id)]
+    assert early.state is JobState.RUNNING, early  # its process is still there
+    status = wait_end(rt, job)
+    assert status.state is JobState.COMPLETED, status
+    assert status.max_rss_kb is not None and status.max_rss_kb >= 150 * MIB, status
+    assert status.cpu_s is not None and status.cpu_s > 0
