@@ -14,7 +14,9 @@ memory and disk as they are; ``max_running`` caps how many jobs run at once (the
 
 A job's resource use is its process's ``wait4`` rusage (CPU time and peak RSS of the job and
 the descendants it waited for), taken when this runtime reaps its own child; a job adopted
-after a restart is not our child, so it only gets its wall time (from its marker).
+after a restart is not our child, so it only gets its wall time (from its marker). The marker
+is written by the EXIT trap just before bash exits: a poll that sees it first waits for the
+process (see :meth:`ProcessRuntime._reap_soon`), or the rusage would be lost.
 
 Exactly once, whatever instant the bridge dies at:
 
