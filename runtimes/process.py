@@ -157,9 +157,7 @@ class ProcessRuntime(Runtime):
                 continue  # its marker is written, its process not yet gone: its rusage next poll
             timed_out = os.path.exists(f"{job.jobdir}/{TIMEOUT_FILE}")
             self._limits.pop(job_id, None)
-            proc = self._children.pop(job_id, None)
-            if proc is not None:
-                self._reap(job_id, proc)
+            self._children.pop(job_id, None)  # reaped above (by _alive or _reap_soon)
             rss, cpu = self._rusage.pop(job_id, (None, None))
             if marker is None:
                 code = proc.returncode if proc else None
